@@ -1,0 +1,46 @@
+# Fresh-machine set-up: `make demo` and `make test` install everything into .venv/ and reuse it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_N ?= 120
+STORE ?= featstore.zarr
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-slow sysdeps venv bench clean-demo
+
+venv: $(STAMP)
+
+# CPU torch first (torch==2.13.0 is a local wheel here; other builds pull gigabytes of CUDA).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[offline,test]'
+	touch $@
+
+# System packages: espeak-ng speaks the demo corpus (PyAV brings its own FFmpeg libraries).
+sysdeps:
+	@command -v espeak-ng >/dev/null || { echo "installing espeak-ng with apt-get"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+
+demo: $(STAMP) sysdeps
+	$(BIN)/featstore demo-data $(DEMO_DIR)/corpus --n $(DEMO_N) --seed 0
+	$(BIN)/featstore build --dataset demo --root $(DEMO_DIR)/corpus --encoder egemaps --store $(STORE)
+	$(BIN)/featstore build --dataset demo --encoder minilm-l6 --store $(STORE)
+	$(BIN)/featstore ls --store $(STORE)
+	$(BIN)/featstore info demo/egemaps --store $(STORE)
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/store_read.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR) $(STORE)

@@ -1,0 +1,43 @@
+"""The adapter contract: a dataset release folder in, a DatasetIndex (ids, media, text, labels, subsets) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class DatasetIndex:
+    """What an adapter reads from a release: canonical sample order plus everything the store keeps.
+
+    labels: name -> array [N]; categorical labels are int16 codes (-1 = unlabelled) whose class names
+    are in label_classes[name]; continuous labels (valence, sentiment) are float32 with NaN = unlabelled.
+    subsets: name -> bool [N] membership (subsets may overlap).
+    """
+
+    name: str
+    root: str
+    ids: list[str]
+    media: list[str | None]                     # path of each sample's clip (video or audio), None if absent
+    text: list[str | None]                      # subtitle / transcript, None if absent
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    label_classes: dict[str, list[str]] = field(default_factory=dict)
+    subsets: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: np.ndarray | None = None            # e.g. IEMOCAP session per sample, for leave-one-group-out
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if len(set(self.ids)) != n:
+            seen: set[str] = set()
+            dup = next(i for i in self.ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise ValueError(f"dataset {self.name}: duplicate sample id '{dup}'")
+        for what, arrs in (("label", self.labels), ("subset", self.subsets)):
+            for k, a in arrs.items():
+                if len(a) != n:
+                    raise ValueError(f"dataset {self.name}: {what} '{k}' has {len(a)} rows for {n} ids")
+        if len(self.media) != n or len(self.text) != n:
+            raise ValueError(f"dataset {self.name}: media/text lists must have {n} entries")
+
+    def __len__(self) -> int:
+        return len(self.ids)

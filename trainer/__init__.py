@@ -1,0 +1,1 @@
+"""trainer: fusion classifiers trained on cached featstore vectors (never decodes media or runs encoders)."""
