@@ -132,7 +132,7 @@ def ls_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     console.print(t)
     t = Table(title="features", title_justify="left")
     for col in ("dataset/encoder/corruption", "N×L×D", "dtype", "done", "errors"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     for r in rows:
         n = r["shape"][0]
         done = f"{r['rows_done']}/{n}"
@@ -275,7 +275,8 @@ def import_mertools_cmd(
 
         report = import_mertools(fs, root, dataset, mapping=parse_mapping(mapping), overwrite=overwrite, progress=on_progress)
     t = Table(title=f"{report.dataset}: {report.n_samples} samples; subsets {report.subsets}", title_justify="left")
-    for col in ("key", "source folder", "status", "rows written", "done", "errors"):
+    t.add_column("key", no_wrap=True)
+    for col in ("source folder", "status", "rows written", "done", "errors"):
         t.add_column(col, overflow="fold")
     for k in report.keys:
         t.add_row(k.key, k.folder, k.status, str(k.rows_written), f"{k.rows_done}/{k.rows}",
@@ -306,6 +307,7 @@ def build_cmd(
     corruption: Annotated[str, typer.Option("--corruption", help="Catalog corruption.", autocompletion=_complete("corruptions"))] = "clean",
     root: Annotated[Optional[Path], typer.Option("--root", help="Dataset release folder (remembered in the store).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Local weights folder (or hub id) replacing the catalog's.")] = None,
+    noise_bank: Annotated[Optional[Path], typer.Option("--noise-bank", help="Folder of noise wavs (MUSAN speech layout) for audio-noise corruptions; default: built-in babble.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Clips per batch.")] = 16,
     max_batch_seconds: Annotated[float, typer.Option(help="Padded audio seconds per batch.")] = 160.0,
@@ -339,7 +341,7 @@ def build_cmd(
                             errors=f"{state['bad']} failed" if state["bad"] else "")
 
         report = build(fs, dataset, encoder, corruption, root=root, model=model, device=device,
-                       trust_remote_code=trust_remote_code, options=opts, catalog=cat, progress=on_progress)
+                       trust_remote_code=trust_remote_code, noise_bank=noise_bank, options=opts, catalog=cat, progress=on_progress)
     console.print(f"{report.key}: wrote {report.written} row(s) in {report.seconds:.1f} s "
                   f"({report.already_done} already done, {report.partitions} partition(s)); "
                   f"{len(report.failed)} failed sample(s) in total")
@@ -368,6 +370,11 @@ def demo_data_cmd(
 # ---------------------------------------------------------------------------------------------- trainer
 trainer_app = typer.Typer(help="Train fusion classifiers on cached featstore vectors.", no_args_is_help=True,
                           pretty_exceptions_enable=False, add_completion=False)
+
+
+@trainer_app.callback()
+def trainer_main() -> None:
+    """Train fusion classifiers on cached featstore vectors (never decodes media or runs encoders)."""
 
 
 @command(trainer_app, "datasets")

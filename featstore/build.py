@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from featstore.catalog import Catalog, CorruptionSpec, EncoderSpec, load_catalog, spec_hash
+from featstore.catalog import Catalog, EncoderSpec, load_catalog, spec_hash
+from featstore.corrupt import Corruptor, make_corruptor
 from featstore.datasets import load_index
 from featstore.datasets.base import DatasetIndex
 from featstore.encoders import load_encoder
@@ -90,7 +91,7 @@ def index_to_store(store: FeatureStore, index: DatasetIndex, adapter: str) -> No
                              "label_space": {k: v for k, v in index.label_classes.items()}})
 
 
-def key_spec(encoder: EncoderSpec, corruption: CorruptionSpec, weights: Any) -> dict[str, Any]:
+def key_spec(encoder: EncoderSpec, corruption: dict[str, Any], weights: Any) -> dict[str, Any]:
     """Everything that changes a key's features: encoder recipe, resolved weights, corruption spec + seed.
 
     When the resolved weights are known (a hash or a package version), the model's hub id/path is left
@@ -100,25 +101,38 @@ def key_spec(encoder: EncoderSpec, corruption: CorruptionSpec, weights: Any) -> 
     if weights:
         enc.pop("model", None)
         enc.pop("revision", None)
-    return {"encoder": enc, "weights": weights, "corruption": corruption.feature_spec()}
+    return {"encoder": enc, "weights": weights, "corruption": corruption}
 
 
-def prepare_input(spec: EncoderSpec, index: DatasetIndex, row: int) -> Any:
-    """Decode one sample into the encoder's input (raises SampleError naming the stage and cause)."""
+def prepare_input(spec: EncoderSpec, index: DatasetIndex, row: int,
+                  corruptor: Corruptor | None = None) -> tuple[Any, dict[str, Any]]:
+    """Decode (and corrupt) one sample into the encoder's input; returns (input, corruption params drawn).
+
+    Raises SampleError naming the stage (decode, corrupt, text) and the cause.
+    """
     from featstore import media
 
     sid = index.ids[row]
     if spec.modality == "text":
-        text = index.text[row]
-        if text is None or not str(text).strip():
+        x: Any = index.text[row]
+        if x is None or not str(x).strip():
             raise SampleError(sid, "text", "empty subtitle")
-        return str(text)
-    path = index.media[row]
-    if path is None:
-        raise SampleError(sid, "decode", "missing file (no media path for this sample)")
-    if spec.modality == "audio":
-        return media.decode_audio(path, sid, sample_rate=int(spec.input.get("sample_rate", 16000)))
-    return media.decode_frames(path, sid, n_frames=spec.input.get("frames"), fps=spec.input.get("fps"))
+        x = str(x)
+    else:
+        path = index.media[row]
+        if path is None:
+            raise SampleError(sid, "decode", "missing file (no media path for this sample)")
+        if spec.modality == "audio":
+            x = media.decode_audio(path, sid, sample_rate=int(spec.input.get("sample_rate", 16000)))
+        else:
+            x = media.decode_frames(path, sid, n_frames=spec.input.get("frames"), fps=spec.input.get("fps"),
+                                    max_side=spec.input.get("max_side"))
+    drawn: dict[str, Any] = {}
+    if corruptor is not None:
+        x, drawn = corruptor.apply(x, sid)
+        if spec.modality == "text" and not x.strip():
+            raise SampleError(sid, "text", "empty subtitle after punctuation removal")
+    return x, drawn
 
 
 def input_length(x: Any) -> int:
@@ -169,7 +183,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start: int, stop: int,
-                  options: BuildOptions, on_sample: Callable[[int, int], None] | None = None) -> PartitionResult:
+                  options: BuildOptions, on_sample: Callable[[int, int], None] | None = None,
+                  corruptor: Corruptor | None = None) -> PartitionResult:
     """Build rows [start, stop): decode (prefetched), encode in length-bucketed batches, write, record.
 
     Rows are written whole-chunk, `done` after the rows, then the finished-partition record with the
@@ -182,14 +197,17 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
     valid = np.zeros(n, bool)
     records: list[dict[str, Any]] = []
     decoded: dict[int, Any] = {}
-    for row, result in prefetch_map(lambda r: prepare_input(spec, index, r), range(start, stop),
+    drawn: dict[str, dict[str, Any]] = {}
+    for row, result in prefetch_map(lambda r: prepare_input(spec, index, r, corruptor), range(start, stop),
                                     workers=options.decode_workers):
         if isinstance(result, SampleError):
             records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
         elif isinstance(result, Exception):
             records.append({"id": index.ids[row], "stage": "decode", "message": _one_line(result)})
         else:
-            decoded[row] = result
+            decoded[row], params = result
+            if params:
+                drawn[index.ids[row]] = params
         if on_sample and isinstance(result, Exception):
             on_sample(0, 1)
     rows = sorted(decoded)
@@ -218,7 +236,7 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
             decoded.pop(r, None)
     fa.write_rows(start, values, valid)
     records.sort(key=lambda rec: rec["id"])
-    fa.finish_partition(start, stop, records)
+    fa.finish_partition(start, stop, records, drawn=drawn or None)
     return PartitionResult(start, stop, int(valid.sum()), records, time.perf_counter() - t0)
 
 
@@ -236,7 +254,8 @@ def plan_partitions(fa: FeatureArray, options: BuildOptions) -> list[tuple[int, 
 
 def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str = "clean", *,
           root: str | Path | None = None, model: str | None = None, device: str = "cpu",
-          trust_remote_code: bool = False, options: BuildOptions | None = None, catalog: Catalog | None = None,
+          trust_remote_code: bool = False, noise_bank: str | Path | None = None,
+          options: BuildOptions | None = None, catalog: Catalog | None = None,
           progress: Callable[[str, Any], None] | None = None) -> BuildReport:
     """Fill (dataset, encoder, corruption) in the store; a rerun does only what is missing.
 
@@ -249,11 +268,15 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
     ds_spec = catalog.dataset(dataset)
     enc_spec = catalog.encoder(encoder_name)
     cor_spec = catalog.corruption(corruption)
+    corruptor = None
     if cor_spec.kind != "none":
         if cor_spec.modality != enc_spec.modality:
             raise FeatstoreError(f"corruption {corruption} changes {cor_spec.modality} input; encoder {encoder_name} "
                                  f"reads {enc_spec.modality}")
-        raise FeatstoreError(f"corruption {corruption}: corruptions are applied by the extraction engine (not yet available)")
+        if cor_spec.kind == "variant":
+            raise FeatstoreError(f"corruption {corruption} is an input variant: its inputs come from files the dataset "
+                                 f"adapter provides (e.g. `featstore import mertools` of a -{corruption} folder)")
+        corruptor = make_corruptor(cor_spec, noise_bank)
     if root is None:
         if not store.has_dataset(dataset):
             raise FeatstoreError(f"dataset {dataset} is not in the store yet; pass --root with its release folder")
@@ -262,7 +285,8 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
     index_to_store(store, index, ds_spec.adapter)
     enc = load_encoder(enc_spec, model=model, device=device, trust_remote_code=trust_remote_code)
     prov = enc.provenance()
-    spec = key_spec(enc_spec, cor_spec, prov.get("weights"))
+    cor_feature_spec = corruptor.feature_spec() if corruptor else cor_spec.feature_spec()
+    spec = key_spec(enc_spec, cor_feature_spec, prov.get("weights"))
     key = KeyName(dataset, encoder_name, corruption)
     with store.lease(key, "build"):
         fa = store.create_key(key, layers=enc_spec.n_stored_layers, dim=enc_spec.dim, dtype=enc_spec.dtype,
@@ -274,7 +298,7 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
         if progress:
             progress("plan", {"rows": todo, "total": fa.n})
         on_sample = (lambda ok, bad: progress("samples", (ok, bad))) if progress else None
-        results = [run_partition(fa, enc, index, s, e, options, on_sample) for s, e in parts]
+        results = [run_partition(fa, enc, index, s, e, options, on_sample, corruptor) for s, e in parts]
         written = sum(r.written for r in results)
         failed = fa.errors()
         fa.group.attrs.update({

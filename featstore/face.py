@@ -10,9 +10,10 @@ Why Haar (opencv-python-headless 4.x) and not MTCNN (facenet-pytorch)
   224x224 frames of the demo corpus), against ~50-100 ms per frame for MTCNN's three CNN stages.
 - Quality: frontal faces only and looser boxes than MTCNN/OpenFace, which is enough for
   clip-level embeddings of talking heads (MERTools crops with OpenFace; its crops are not
-  reproducible offline here). Detection: grayscale, histogram-equalised, frontalface_default, then
-  frontalface_alt2 when the first finds nothing. On the demo corpus' cartoon faces it finds a face
-  in >99% of frames; on random noise and face-free backgrounds it found none in 100 images.
+  reproducible offline here). Detection: grayscale; frontalface_default on the plain then on the
+  histogram-equalised image, then frontalface_alt2 the same way, stopping at the first hit. On 30
+  decoded demo-corpus clips (8 frames each, cartoon faces) it found a face in 235/240 frames and in
+  every clip; on 120 images of noise and face-free backgrounds it found none.
 
 Pipeline (`crop_faces`): detect in every frame (scaled so that max(H, W) <= detect_side), keep the
 largest box, widen it by `margin` (a fraction of the box side, on every side), square it, crop
@@ -102,10 +103,10 @@ def detect_faces(frames: np.ndarray, detect_side: int = DEFAULT_DETECT_SIDE) -> 
         scale = min(1.0, detect_side / max(h, w)) if detect_side else 1.0
         if scale < 1.0:
             gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        gray = cv2.equalizeHist(gray)
+        views = (gray, cv2.equalizeHist(gray))
         box = None
-        for cascade in cascades:
-            found = cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
+        for cascade, view in ((c, v) for c in cascades for v in views):
+            found = cascade.detectMultiScale(view, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
                                              minSize=(MIN_FACE, MIN_FACE))
             if len(found):
                 x, y, bw, bh = max((tuple(b) for b in found), key=lambda b: b[2] * b[3])

@@ -150,11 +150,22 @@ class FeatureArray:
         self.utt[start:stop] = stored
         self.done[start:stop] = valid
 
-    def finish_partition(self, start: int, stop: int, records: Sequence[dict[str, Any]]) -> None:
-        """Record a finished partition and its per-sample failures (id, stage, message)."""
+    def finish_partition(self, start: int, stop: int, records: Sequence[dict[str, Any]],
+                         drawn: dict[str, dict[str, Any]] | None = None) -> None:
+        """Record a finished partition: its per-sample failures (id, stage, message) and, for corrupted
+        keys, the corruption parameters drawn per sample (id -> params)."""
         g = self.group.require_group("errors").require_group(f"p{start:010d}")
-        g.attrs.update({"start": int(start), "stop": int(stop), "records": list(records),
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        attrs: dict[str, Any] = {"start": int(start), "stop": int(stop), "records": list(records), "finished": _now()}
+        if drawn:
+            attrs["drawn"] = drawn
+        g.attrs.update(attrs)
+
+    def drawn_params(self) -> dict[str, dict[str, Any]]:
+        """Sample id -> corruption parameters drawn for it (noise SNR and clips, blur factor, ...)."""
+        out: dict[str, dict[str, Any]] = {}
+        for _, rec in sorted(self.partition_records().items()):
+            out.update(rec.get("drawn", {}))
+        return out
 
     def partition_records(self) -> dict[int, dict[str, Any]]:
         """start row -> record of every finished partition."""

@@ -145,3 +145,35 @@ def test_make_batches_buckets_by_length_and_caps_padding() -> None:
     for b in batches:
         assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 300
     assert [sorted(lengths[i] for i in b) for b in batches][0] == [5, 6, 7]  # short clips travel together
+
+
+def test_noise_corruption_is_its_own_key_with_drawn_params(store: FeatureStore, demo_corpus: Path) -> None:
+    build(store, "demo", "egemaps", root=demo_corpus, options=OPTS)
+    report = build(store, "demo", "egemaps", "snr5-10", options=OPTS)
+    assert report.ok and report.written == 12
+    clean, noisy = store.read("demo", "egemaps"), store.read("demo", "egemaps", "snr5-10")
+    assert not np.allclose(clean, noisy)
+    fa = store.open_key(KeyName("demo", "egemaps", "snr5-10"))
+    drawn = fa.drawn_params()
+    assert set(drawn) == set(store.ids("demo"))
+    assert all(5 <= d["snr_db"] <= 10 for d in drawn.values())
+    assert fa.attrs["spec"]["corruption"]["params"]["snr_db"] == [5, 10]
+    assert fa.attrs["spec_hash"] != store.open_key(KeyName("demo", "egemaps")).attrs["spec_hash"]
+    # deterministic per (seed, sample id): a second store gets the same values
+    other = FeatureStore(store.path + "-2", create=True)
+    build(other, "demo", "egemaps", "snr5-10", root=demo_corpus, options=OPTS)
+    np.testing.assert_array_equal(other.read("demo", "egemaps", "snr5-10"), noisy)
+
+
+def test_punctuation_removal_changes_text_features(store: FeatureStore, demo_corpus: Path) -> None:
+    build(store, "demo", "minilm-l6", root=demo_corpus, options=OPTS)
+    build(store, "demo", "minilm-l6", "punc-all", options=OPTS)
+    drawn = store.open_key(KeyName("demo", "minilm-l6", "punc-all")).drawn_params()
+    assert sum(d["removed"] for d in drawn.values()) >= 12  # every demo subtitle ends with punctuation
+    a, b = store.read("demo", "minilm-l6"), store.read("demo", "minilm-l6", "punc-all")
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_variant_corruptions_are_not_computed(store: FeatureStore, demo_corpus: Path) -> None:
+    with pytest.raises(FeatstoreError, match="input variant"):
+        build(store, "demo", "minilm-l6", "lang-eng", root=demo_corpus)

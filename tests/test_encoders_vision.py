@@ -8,7 +8,6 @@ fire on these cartoons in >99% of frames) and on noise.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +289,8 @@ def _original_forward(state: dict, cfg, x: "torch.Tensor") -> "torch.Tensor":
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetuned"])
 def test_videomae_conversion_round_trip(tmp_path, kind):
+    import argparse
+
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
 
     from featstore.encoders.hf_video import build
@@ -309,7 +310,8 @@ def test_videomae_conversion_round_trip(tmp_path, kind):
     if kind == "pretrain":   # the MAE pre-training layout: encoder.* plus a decoder that is dropped
         ckpt = {"model": {**{f"encoder.{k}": v for k, v in original.items()},
                           "decoder.blocks.0.mlp.fc1.weight": torch.zeros(4, 4), "encoder_to_decoder.weight": torch.zeros(4, 32),
-                          "mask_token": torch.zeros(1, 1, 32)}, "epoch": 99}
+                          "mask_token": torch.zeros(1, 1, 32)}, "epoch": 99,
+                "args": argparse.Namespace(model="vit_base_patch16_160", input_size=32)}
     else:
         ckpt = {"module": original}
     path = tmp_path / "checkpoint-99.pth"
@@ -437,3 +439,14 @@ def test_fer_torch_port_matches_the_shipped_tflite_model():
             got = net(torch.from_numpy(x)[None, None])[net.layers[-1]["name"]][0].numpy()
         diffs.append(np.abs(got - want).max())
     assert max(diffs) < 0.06, diffs          # int8 quantisation; a wrong padding/layout gives > 0.3
+
+
+def test_videomae_convert_rejects_other_checkpoints(tmp_path):
+    from featstore.encoders.videomae_convert import convert
+
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(FeatstoreError, match="not an original VideoMAE checkpoint"):
+        convert(path, tmp_path / "out")
+    with pytest.raises(FeatstoreError, match="no checkpoint file"):
+        convert(tmp_path / "missing.pth", tmp_path / "out")

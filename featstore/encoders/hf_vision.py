@@ -185,10 +185,7 @@ def load_image_processor(spec: EncoderSpec, model: str | None) -> Any:
     """The folder's image processor with the PIL backend (deterministic with or without torchvision)."""
     from transformers import AutoImageProcessor
 
-    try:
-        return hc.load_pretrained(AutoImageProcessor, spec, model, backend="pil")
-    except TypeError:  # older transformers without the backend switch
-        return hc.load_pretrained(AutoImageProcessor, spec, model)
+    return hc.load_pretrained(AutoImageProcessor, spec, model, backend="pil")
 
 
 def _load_checked(cls: Any, spec: EncoderSpec, model: str | None, where: str, **kw: Any) -> Any:

@@ -50,14 +50,28 @@ DROPPED = ("decoder", "encoder_to_decoder", "mask_token")
 __all__ = ["convert", "convert_state_dict", "to_original", "load_original"]
 
 
-def load_original(ckpt_path: str | Path) -> dict[str, Any]:
-    """The model state dict of an original checkpoint (under 'model' or 'module' when wrapped)."""
+def load_original(ckpt_path: str | Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """The model state dict of an original checkpoint (under 'model' or 'module' when wrapped).
+
+    Loaded with torch's weights-only unpickler (tensors, containers and the argparse.Namespace that
+    the original training scripts store under 'args'); `trust_pickle=True` allows any pickled object
+    (it runs code from the file: only for checkpoints you trust).
+    """
+    import argparse
+
     import torch
 
+    if not Path(ckpt_path).is_file():
+        raise FeatstoreError(f"videomae convert: no checkpoint file at {ckpt_path}")
     try:
-        obj = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+        if trust_pickle:
+            obj = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FeatstoreError(f"videomae convert: cannot read {ckpt_path} ({str(exc).splitlines()[0][:160]})") from None
+        hint = "" if trust_pickle else "; if you trust the file, pass trust_pickle=True"
+        raise FeatstoreError(f"videomae convert: cannot read {ckpt_path} ({str(exc).splitlines()[0][:160]}){hint}") from None
     for key in ("model", "module", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -203,11 +217,16 @@ def to_original(hf_state: Mapping[str, Any], config: Any) -> dict[str, Any]:
     return out
 
 
-def convert(ckpt_path: str | Path, out_dir: str | Path, config_overrides: Mapping[str, Any] | None = None) -> Path:
-    """Convert an original VideoMAE checkpoint to a transformers folder (weights, config, image processor)."""
+def convert(ckpt_path: str | Path, out_dir: str | Path, config_overrides: Mapping[str, Any] | None = None, *,
+            trust_pickle: bool = False) -> Path:
+    """Convert an original VideoMAE checkpoint to a transformers folder (weights, config, image processor).
+
+    Returns out_dir. `config_overrides` sets VideoMAEConfig fields the weights cannot tell (image_size,
+    num_frames, num_attention_heads, ...). See load_original for `trust_pickle`.
+    """
     from transformers import VideoMAEForVideoClassification, VideoMAEImageProcessor, VideoMAEModel
 
-    raw = load_original(ckpt_path)
+    raw = load_original(ckpt_path, trust_pickle=trust_pickle)
     state = _strip(raw)
     config = infer_config(state, config_overrides)
     new = convert_state_dict(state, config)
