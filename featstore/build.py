@@ -104,14 +104,16 @@ def key_spec(encoder: EncoderSpec, corruption: dict[str, Any], weights: Any) -> 
     return {"encoder": enc, "weights": weights, "corruption": corruption}
 
 
-def prepare_input(spec: EncoderSpec, index: DatasetIndex, row: int,
+def prepare_input(encoder: Encoder, index: DatasetIndex, row: int,
                   corruptor: Corruptor | None = None) -> tuple[Any, dict[str, Any]]:
-    """Decode (and corrupt) one sample into the encoder's input; returns (input, corruption params drawn).
+    """Decode, corrupt and (if the encoder has a `prepare` step, e.g. face cropping) prepare one sample.
 
-    Raises SampleError naming the stage (decode, corrupt, text) and the cause.
+    Returns (input, corruption params drawn). Runs in the prefetch threads, so it overlaps encoding.
+    Raises SampleError naming the stage (decode, corrupt, face, text) and the cause.
     """
     from featstore import media
 
+    spec = encoder.spec
     sid = index.ids[row]
     if spec.modality == "text":
         x: Any = index.text[row]
@@ -132,6 +134,9 @@ def prepare_input(spec: EncoderSpec, index: DatasetIndex, row: int,
         x, drawn = corruptor.apply(x, sid)
         if spec.modality == "text" and not x.strip():
             raise SampleError(sid, "text", "empty subtitle after punctuation removal")
+    prepare = getattr(encoder, "prepare", None)
+    if prepare is not None:
+        x = prepare(x, sid)
     return x, drawn
 
 
@@ -198,7 +203,7 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
     records: list[dict[str, Any]] = []
     decoded: dict[int, Any] = {}
     drawn: dict[str, dict[str, Any]] = {}
-    for row, result in prefetch_map(lambda r: prepare_input(spec, index, r, corruptor), range(start, stop),
+    for row, result in prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), range(start, stop),
                                     workers=options.decode_workers):
         if isinstance(result, SampleError):
             records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})

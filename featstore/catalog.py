@@ -166,6 +166,8 @@ def _encoder(name: str, raw: dict[str, Any]) -> EncoderSpec:
     )
     if layers == "all" and spec.layer_reduce == "stack" and not spec.n_layers:
         raise CatalogError(f"catalog: {entry}: field 'n_layers' is required when layers is 'all' and layer_reduce is 'stack'")
+    if spec.modality == "visual" and family != "import-only" and ("frames" in spec.input) == ("fps" in spec.input):
+        raise CatalogError(f"catalog: {entry}: field 'input' must give exactly one of frames (N per clip) or fps")
     if family == "import-only" and spec.availability != "import-only":
         raise CatalogError(f"catalog: {entry}: family 'import-only' needs availability 'import-only'")
     if family.startswith("hf-") and not spec.model:

@@ -177,3 +177,18 @@ def test_punctuation_removal_changes_text_features(store: FeatureStore, demo_cor
 def test_variant_corruptions_are_not_computed(store: FeatureStore, demo_corpus: Path) -> None:
     with pytest.raises(FeatstoreError, match="input variant"):
         build(store, "demo", "minilm-l6", "lang-eng", root=demo_corpus)
+
+
+def test_visual_encoder_with_face_crop_and_blur(store: FeatureStore, demo_corpus: Path) -> None:
+    clean = build(store, "demo", "fer-cnn", root=demo_corpus, options=OPTS)
+    blur = build(store, "demo", "fer-cnn", "blur", options=OPTS)
+    assert all(r["stage"] == "face" for r in clean.failed + blur.failed)  # the only legitimate failure here
+    assert clean.written >= 10 and blur.written >= 10
+    drawn = store.open_key(KeyName("demo", "fer-cnn", "blur")).drawn_params()
+    assert {d["factor"] for d in drawn.values()} <= {1, 2, 4} and len({d["factor"] for d in drawn.values()}) > 1
+    a, b = store.read("demo", "fer-cnn"), store.read("demo", "fer-cnn", "blur")
+    both = store.open_key(KeyName("demo", "fer-cnn")).done_mask() & store.open_key(KeyName("demo", "fer-cnn", "blur")).done_mask()
+    factor = np.array([drawn.get(i, {}).get("factor", 0) for i in store.ids("demo")])
+    # r = 1 leaves the frames unchanged: same features; r > 1 changes them
+    np.testing.assert_array_equal(a[both & (factor == 1)], b[both & (factor == 1)])
+    assert not np.allclose(a[both & (factor > 1)], b[both & (factor > 1)])

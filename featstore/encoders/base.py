@@ -23,6 +23,9 @@ class Encoder(Protocol):
         """Encode a batch; raise featstore.errors.SampleError naming the culprit for per-sample failures."""
         ...
 
+    # Optional: `prepare(x, sample_id) -> x` runs per sample in the decode threads before batching
+    # (e.g. face cropping); it raises SampleError naming the sample, so failures are recorded per sample.
+
     def provenance(self) -> dict[str, Any]:
         """Resolved model identity (path, revision/commit or weights hash) and package versions."""
         ...
