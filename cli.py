@@ -156,10 +156,30 @@ def info_cmd(
         _print_json(info)
         return
     attrs = info["attrs"]
-    console.print(f"[bold]{info['key']}[/]  shape {info['shape']}  {info['dtype']}  "
-                  f"{info['rows_done']}/{info['shape'][0]} rows done  chunks of {info['rows_per_chunk']} rows")
-    console.print(f"spec hash {attrs.get('spec_hash')}")
-    console.print_json(json.dumps({k: v for k, v in attrs.items() if k != "spec_hash"}, default=str))
+    spec, prov = attrs.get("spec", {}), attrs.get("provenance", {})
+    enc, cor = spec.get("encoder") or {}, spec.get("corruption") or {}
+    t = Table(show_header=False, title=f"{info['key']}", title_justify="left")
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    n = info["shape"][0]
+    rows = [
+        ("shape", f"{'×'.join(map(str, info['shape']))} {info['dtype']}, chunks of {info['rows_per_chunk']} rows"),
+        ("rows done", f"{info['rows_done']}/{n}" + (f", {len(info['errors'])} failed" if info["errors"] else "")),
+        ("spec hash", str(attrs.get("spec_hash"))),
+        ("encoder", f"{attrs.get('encoder', '')} {enc.get('family', '')} {prov.get('model') or prov.get('model_path') or enc.get('model') or ''}".strip()),
+        ("weights", str(prov.get("weights") or spec.get("weights") or "")),
+        ("revision", str(prov.get("revision") or enc.get("revision") or "")),
+        ("recipe", f"{enc.get('recipe', '')}; layers {enc.get('layers', '')} {enc.get('layer_reduce', '')}; pooling {enc.get('pooling', '')}"),
+        ("input", json.dumps(enc.get("input", {}))),
+        ("corruption", f"{attrs.get('corruption', '')} {json.dumps(cor.get('params', {}))} seed {cor.get('seed', '')}"),
+        ("packages", " ".join(f"{k}={v}" for k, v in (prov.get("packages") or {}).items())),
+        ("built", f"{prov.get('finished', attrs.get('created', ''))} on {prov.get('host', '?')} ({prov.get('device', '?')})"),
+    ]
+    for k, v in rows:
+        if v and v.strip():
+            t.add_row(k, v)
+    console.print(t)
+    console.print("[dim]full provenance: featstore info KEY --json[/]")
     errors = info["errors"]
     if errors:
         t = Table(title=f"{len(errors)} failed sample(s)", title_justify="left")
