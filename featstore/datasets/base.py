@@ -25,6 +25,7 @@ class DatasetIndex:
     label_classes: dict[str, list[str]] = field(default_factory=dict)
     subsets: dict[str, np.ndarray] = field(default_factory=dict)
     groups: np.ndarray | None = None            # e.g. IEMOCAP session per sample, for leave-one-group-out
+    text_errors: dict[int, str] = field(default_factory=dict)  # row -> why its subtitle is unusable (e.g. not UTF-8)
 
     def __post_init__(self) -> None:
         n = len(self.ids)

@@ -36,7 +36,8 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
     if not path.is_file():
         hint = " (make one with `featstore demo-data DIR`)" if not root.is_dir() or not any(root.iterdir()) else ""
         raise FeatstoreError(f"dataset {name}: no labels.csv at {path}{hint}")
-    with open(path, encoding="utf-8", newline="") as f:
+    # surrogateescape: a subtitle that is not valid UTF-8 fails that sample's text features, not the dataset
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header]
@@ -53,6 +54,7 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
                              f"{', '.join(unknown)} (known: {', '.join(classes)})")
 
     ids, media, text, n_missing, first_missing = [], [], [], 0, None
+    text_errors: dict[int, str] = {}
     emotion = np.full(len(rows), -1, dtype=np.int16)
     valence = np.full(len(rows), np.nan, dtype=np.float32)
     splits: list[str] = []
@@ -60,6 +62,8 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
     clips = root.resolve() / "clips"
     for i, r in enumerate(rows, start=2):  # line numbers: the header is line 1
         sid = (r["name"] or "").strip()
+        if _has_bad_bytes(sid) or _has_bad_bytes(r["emotion"] or "") or _has_bad_bytes(r["split"] or ""):
+            raise FeatstoreError(f"dataset {name}: {path} line {i}: name/emotion/split is not valid UTF-8")
         if not sid:
             raise FeatstoreError(f"dataset {name}: {path} line {i}: empty 'name'")
         if sid in seen:
@@ -74,7 +78,11 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
             media.append(None)
             n_missing += 1
             first_missing = first_missing or sid
-        text.append(r["subtitle"] if r["subtitle"] else None)
+        subtitle = r["subtitle"] or None
+        if subtitle is not None and _has_bad_bytes(subtitle):
+            text_errors[j] = "subtitle is not valid UTF-8"
+            subtitle = None
+        text.append(subtitle)
         e = (r["emotion"] or "").strip()
         if e:
             emotion[j] = code[e]
@@ -98,5 +106,10 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
     return DatasetIndex(
         name=name, root=str(root.resolve()), ids=ids, media=media, text=text,
         labels={"emotion": emotion, "valence": valence}, label_classes={"emotion": classes},
-        subsets=subsets,
+        subsets=subsets, text_errors=text_errors,
     )
+
+
+def _has_bad_bytes(value: str) -> bool:
+    """True when `value` holds bytes that were not valid UTF-8 (decoded with surrogateescape)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in value)

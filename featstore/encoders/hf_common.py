@@ -110,6 +110,26 @@ def resolve_model(spec: EncoderSpec, model_override: str | None = None) -> tuple
     return ref, revision
 
 
+def _transformers_before(major: int, minor: int) -> bool:
+    """Whether the installed transformers is older than major.minor (the legacy 4.x venv)."""
+    import transformers
+
+    try:
+        have = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return have < (major, minor)
+
+
+def _hub_cache() -> str | None:
+    """huggingface_hub's cache folder (HF_HUB_CACHE / HF_HOME), the one local_folder() looks in."""
+    try:
+        from huggingface_hub import constants
+        return str(constants.HF_HUB_CACHE)
+    except Exception:
+        return None
+
+
 def load_pretrained(cls: Any, spec: EncoderSpec, model_override: str | None = None, **kw: Any) -> Any:
     """`cls.from_pretrained` for the spec's model: local folder, else HF cache, else the hub when reachable.
 
@@ -118,6 +138,10 @@ def load_pretrained(cls: Any, spec: EncoderSpec, model_override: str | None = No
     """
     path_or_id, revision = resolve_model(spec, model_override)
     kw.setdefault("trust_remote_code", spec.trust_remote_code)
+    if _transformers_before(4, 56):   # the legacy 4.x venv: older keyword, and a cache path that ignores HF_HUB_CACHE
+        if "dtype" in kw:
+            kw["torch_dtype"] = kw.pop("dtype")
+        kw.setdefault("cache_dir", _hub_cache())
     if os.path.isdir(path_or_id):
         try:
             return cls.from_pretrained(path_or_id, local_files_only=True, **kw)

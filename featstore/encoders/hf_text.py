@@ -5,7 +5,12 @@ Input: strings (None reads as ""). Output: float32 [B, L, D], the chosen hidden 
 
 - Batches are right-padded (decoder LMs without a pad token get pad = eos, else unk) with an
   attention mask; with right padding and the mask, real tokens never see padding (causal LMs look
-  only backwards; encoders mask it), and absolute positions of real tokens do not move.
+  only backwards; encoders mask it), and absolute positions of real tokens do not move. Hub
+  tokenizers that only pad on the left (ChatGLM2's) keep their side and the rows are right-aligned after.
+- Hidden states come batch first; params.hidden_layout 'seq-first' (ChatGLM: [T, B, D]) says otherwise,
+  and model_type 'chatglm' implies it. Without either, [T, B, D] is recognised by shape when T != B.
+- Remote code whose auto_map names AutoModelForCausalLM but not AutoModel (Baichuan-13B) loads through
+  AutoModelForCausalLM unless params.auto_class says otherwise.
 - recipe `mertools` (MERTools extract_text_huggingface.py, `find_start_end_pos` + `extract_embedding`):
   each sentence alone, hidden_states[layer_ids] summed (layer_ids = [-4, -3, -2, -1] there: the catalog
   entry carries them in spec.layers), then the tokens the tokenizer adds around the text (CLS/SEP, BOS,
@@ -24,6 +29,7 @@ Input: strings (None reads as ""). Output: float32 [B, L, D], the chosen hidden 
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 import numpy as np
@@ -34,6 +40,7 @@ from featstore.errors import FeatstoreError
 
 PROBE = "今天天气真好 hello world"   # MERTools' probe sentence, plus Latin text for English-only vocabularies
 AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM")
+HIDDEN_LAYOUTS = ("batch-first", "seq-first")
 
 __all__ = ["HFTextEncoder", "build", "added_token_counts"]
 
@@ -63,6 +70,7 @@ class HFTextEncoder:
         params = inspect.signature(self.net.forward).parameters
         self._token_types = "token_type_ids" in params
         self._use_cache = "use_cache" in params
+        self.hidden_layout = _hidden_layout(spec, model.config)
         self._provenance: dict[str, Any] | None = None
 
     def _input_device(self) -> Any:
@@ -82,6 +90,7 @@ class HFTextEncoder:
         texts = ["" if t is None else str(t) for t in batch]
         enc = self.tokenizer(texts, padding=True, truncation=self.max_tokens is not None, max_length=self.max_tokens,
                              return_tensors="pt", return_special_tokens_mask=self.added is None)
+        _right_align(enc)
         attn = enc["attention_mask"].bool()
         lengths = attn.sum(dim=1)
         keep = self._content_mask(enc, attn, lengths)
@@ -98,7 +107,7 @@ class HFTextEncoder:
             inputs["use_cache"] = False
         with torch.inference_mode(), hc.autocast(self.device, self.dtype):
             hidden = self.net(**inputs, output_hidden_states=True).hidden_states
-            hidden = tuple(_batch_first(h, len(rows)) for h in hidden)
+            hidden = tuple(_batch_first(h, len(rows), self.hidden_layout) for h in hidden)
             layers = hc.select_layers(hidden, self.spec)                      # [b, L, T, D] float32
             if self.spec.pooling == "cls":
                 pos = torch.zeros(len(rows), dtype=torch.long) if (self.added is None or self.added[0] > 0) \
@@ -133,11 +142,63 @@ class HFTextEncoder:
         return dict(self._provenance)
 
 
-def _batch_first(h: Any, b: int) -> Any:
-    """[B, T, D] (some old models return [T, B, D])."""
-    if h.shape[0] != b and h.dim() == 3 and h.shape[1] == b:
+def _batch_first(h: Any, b: int, layout: str | None = None) -> Any:
+    """[B, T, D] (some old models return [T, B, D]: layout 'seq-first', or by shape when T != B)."""
+    if layout == "seq-first" or (layout is None and h.shape[0] != b and h.dim() == 3 and h.shape[1] == b):
         return h.transpose(0, 1)
     return h
+
+
+def _hidden_layout(spec: EncoderSpec, config: Any) -> str | None:
+    layout = spec.params.get("hidden_layout")
+    if layout is None:
+        return "seq-first" if getattr(config, "model_type", None) == "chatglm" else None
+    if layout not in HIDDEN_LAYOUTS:
+        raise FeatstoreError(f"encoder {spec.name}: params.hidden_layout must be one of {', '.join(HIDDEN_LAYOUTS)}")
+    return str(layout)
+
+
+def _right_align(enc: Any) -> None:
+    """Move each row's real tokens to the front, in order (a no-op for right-padded batches)."""
+    import torch
+
+    attn = enc["attention_mask"]
+    if attn.numel() == 0 or not bool((attn[:, :-1] < attn[:, 1:]).any()):
+        return
+    order = torch.argsort((attn == 0).to(torch.int8), dim=1, stable=True)
+    for key in list(enc.keys()):
+        value = enc[key]
+        if isinstance(value, torch.Tensor) and value.shape == attn.shape:
+            enc[key] = torch.gather(value, 1, order)
+
+
+def _padding_side(tokenizer: Any) -> str:
+    """'right', unless the tokenizer refuses it (ChatGLM2's hub tokenizer asserts left padding)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        tokenizer(["a", "a a"], padding=True)
+        return "right"
+    except Exception:
+        return side
+
+
+def _auto_class(spec: EncoderSpec, path_or_id: str, revision: str | None) -> str:
+    """params.auto_class; else AutoModelForCausalLM for remote code that registers no AutoModel; else AutoModel."""
+    name = spec.params.get("auto_class")
+    if name is not None:
+        return str(name)
+    if spec.trust_remote_code:
+        folder = hc.local_folder(path_or_id, revision)
+        auto_map: Any = {}
+        if folder is not None:
+            try:
+                auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+            except (OSError, ValueError, AttributeError):
+                pass
+        if isinstance(auto_map, dict) and "AutoModel" not in auto_map and "AutoModelForCausalLM" in auto_map:
+            return "AutoModelForCausalLM"
+    return "AutoModel"
 
 
 def _max_tokens(spec: EncoderSpec, tokenizer: Any, config: Any) -> int | None:
@@ -165,10 +226,10 @@ def build(spec: EncoderSpec, model: str | None = None, device: str = "cpu", *,
         raise FeatstoreError(f"encoder {spec.name}: family hf-text pools with 'mean' or 'cls', not '{spec.pooling}'")
     import transformers
 
-    auto_name = str(spec.params.get("auto_class", "AutoModel"))
+    path_or_id, revision = hc.resolve_model(spec, model)
+    auto_name = _auto_class(spec, path_or_id, revision)
     if auto_name not in AUTO_CLASSES:
         raise FeatstoreError(f"encoder {spec.name}: params.auto_class must be one of {', '.join(AUTO_CLASSES)}")
-    path_or_id, revision = hc.resolve_model(spec, model)
     torch_dtype = hc.compute_dtype(spec, device, dtype)
     kw: dict[str, Any] = {"dtype": torch_dtype}
     on_cuda = str(device).startswith("cuda")
@@ -183,7 +244,6 @@ def build(spec: EncoderSpec, model: str | None = None, device: str = "cpu", *,
     net = hc.load_pretrained(getattr(transformers, auto_name), spec, model, **kw)
     tokenizer = hc.load_pretrained(transformers.AutoTokenizer, spec, model)
     hc.check_dim(spec, net.config, path_or_id)
-    tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         for candidate in (tokenizer.eos_token, tokenizer.unk_token):
             if candidate is not None:
@@ -191,6 +251,7 @@ def build(spec: EncoderSpec, model: str | None = None, device: str = "cpu", *,
                 break
         else:
             raise FeatstoreError(f"encoder {spec.name}: the tokenizer in {path_or_id} has no pad, eos or unk token")
+    tokenizer.padding_side = _padding_side(tokenizer)
     net.eval()
     if not device_map:
         net.to(device)

@@ -1,0 +1,140 @@
+"""results.sqlite: one tidy row per (trial, fold, seed, split); one writer, readable while a grid writes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from featstore.catalog import spec_hash
+
+SCHEMA_VERSION = 1
+COLUMNS: dict[str, str] = {
+    "config_hash": "TEXT NOT NULL",   # hash of everything that defines the trial (features+spec hashes, fusion, hyper, protocol)
+    "dataset": "TEXT NOT NULL",
+    "mode": "TEXT NOT NULL",          # protocol mode: mertools | strict
+    "preset": "TEXT NOT NULL",        # named training recipe (e.g. default, fast)
+    "fusion": "TEXT NOT NULL",
+    "features": "TEXT NOT NULL",      # JSON {modality: [encoder/corruption, ...]}
+    "feature_hashes": "TEXT NOT NULL",  # JSON {encoder/corruption: store spec hash}
+    "test_corruption": "TEXT",
+    "hyper": "TEXT NOT NULL",         # JSON of every hyper-parameter
+    "hidden": "INTEGER", "lr": "REAL", "dropout": "REAL", "weight_decay": "REAL",
+    "epochs": "INTEGER", "batch_size": "INTEGER",
+    "fold": "INTEGER NOT NULL",       # fold index; -1 = the fold-averaged figure of this seed
+    "seed": "INTEGER NOT NULL",
+    "split": "TEXT NOT NULL",         # cv (held-out folds) or a test subset name
+    "acc": "REAL", "waf": "REAL", "mse": "REAL", "score": "REAL",
+    "n": "INTEGER", "best_epoch": "INTEGER",
+    "seconds": "REAL", "code_version": "TEXT", "created": "TEXT",
+}
+KEY = ("config_hash", "fold", "seed", "split")
+
+
+def default_results_path(store_path: str | Path) -> Path:
+    """results.sqlite beside the store."""
+    return Path(store_path).resolve().parent / "results.sqlite"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable hash of a trial's defining config (sorted JSON)."""
+    return spec_hash(config)
+
+
+def code_version() -> str:
+    """The git commit of the code that produced a row (or the package version outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+            return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from featstore import __version__
+    return __version__
+
+
+class ResultsDB:
+    """The results database. Write from one process (the one that runs the grid); read from any."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con:
+            if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone():
+                return  # an existing database: opening it never writes (a grid may hold the write lock)
+        with closing(self._connect()) as con, con:
+            con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the reverse
+            cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, {cols}, UNIQUE ({', '.join(KEY)}))")
+            con.execute("CREATE INDEX IF NOT EXISTS results_dataset ON results (dataset, split)")
+            con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert rows in one transaction; a row whose (config_hash, fold, seed, split) exists is kept, not duplicated.
+
+        Returns the number of rows inserted.
+        """
+        if not rows:
+            return 0
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        version = code_version()
+        names = list(COLUMNS)
+        values = []
+        for r in rows:
+            missing = [k for k in KEY if r.get(k) is None]
+            if missing:
+                raise ValueError(f"result row lacks {', '.join(missing)}")
+            row = {**r, "created": r.get("created", now), "code_version": r.get("code_version", version)}
+            values.append(tuple(_sql(row.get(k)) for k in names))
+        with closing(self._connect()) as con, con:
+            before = con.total_changes
+            con.executemany(f"INSERT OR IGNORE INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                            values)
+            return con.total_changes - before
+
+    def done_trials(self, config_hashes: Iterable[str], seeds: Iterable[int]) -> set[tuple[str, int]]:
+        """(config_hash, seed) pairs already complete in the database (their fold-averaged cv row exists)."""
+        hashes, seeds = list(config_hashes), [int(s) for s in seeds]
+        if not hashes or not seeds:
+            return set()
+        with closing(self._connect()) as con:
+            q = (f"SELECT DISTINCT config_hash, seed FROM results WHERE split = 'cv' AND fold = -1 "
+                 f"AND config_hash IN ({', '.join('?' * len(hashes))}) AND seed IN ({', '.join('?' * len(seeds))})")
+            return {(r["config_hash"], int(r["seed"])) for r in con.execute(q, [*hashes, *seeds])}
+
+    def rows(self, where: str = "1=1", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, JSON columns decoded (`where` is an SQL condition over the columns above)."""
+        with closing(self._connect()) as con:
+            out = []
+            for r in con.execute(f"SELECT * FROM results WHERE {where} ORDER BY id", list(params)):
+                d = dict(r)
+                for k in ("features", "feature_hashes", "hyper"):
+                    d[k] = json.loads(d[k]) if d.get(k) else d.get(k)
+                out.append(d)
+            return out
+
+    def count(self) -> int:
+        with closing(self._connect()) as con:
+            return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def _sql(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return value
