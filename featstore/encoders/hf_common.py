@@ -1,9 +1,11 @@
 """Shared pieces of the transformers families (hf-audio, hf-text): loading, weights identity, layers, pooling.
 
-- `resolve_model` / `load_pretrained`: a local folder wins; a hub id is looked up in the local HF
-  cache first (`local_files_only=True`) and, when it is not cached and the hub cannot be used
+- `resolve_model` / `load_pretrained`: a local folder wins; `package:<module>` is the folder that
+  module's get_model_path() returns (weights shipped in a pip package); a hub id is looked up in the
+  local HF cache first (`local_files_only=True`) and, when it is not cached and the hub cannot be used
   (HF_HUB_OFFLINE=1 or a connection error), loading fails at once with a one-line FeatstoreError
-  that names `--model /path/to/folder`.
+  that names `--model /path/to/folder`. `model_origin` says which of the three it was; `model_file`
+  fetches one extra file of the model (e.g. sentence-transformers' modules.json) the same way.
 - `weights_identity`: sha256 over the weight files, hashed once per (file, size, mtime).
 - `select_layers` / `masked_mean`: the catalog's layers/layer_reduce and padding-free pooling.
 - `compute_dtype` / `autocast`: fp32 on CPU; bf16 on CUDA unless spec.params['dtype'] (or the
@@ -29,7 +31,7 @@ COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16
 
 __all__ = ["resolve_model", "load_pretrained", "local_folder", "resolved_revision", "weights_identity", "file_sha256",
            "select_layers", "layer_indices", "masked_mean", "masked_sum", "compute_dtype", "autocast", "hf_provenance",
-           "offline_error", "first_line", "check_dim"]
+           "offline_error", "first_line", "check_dim", "model_origin", "model_file", "package_version"]
 
 
 # ---------------------------------------------------------------------------------------------- resolution
@@ -89,7 +91,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model(spec: EncoderSpec, model_override: str | None = None) -> tuple[str, str | None]:
     """(local folder or hub id, revision to ask for). A local folder has no revision; `--model` beats spec.model.
 
-    A path-like reference that is not an existing folder fails here, naming the folder.
+    `package:<module>` resolves to the folder module.get_model_path() returns. A path-like reference
+    that is not an existing folder fails here, naming the folder.
     """
     ref = model_override or spec.model
     if not ref:
@@ -97,7 +100,7 @@ def resolve_model(spec: EncoderSpec, model_override: str | None = None) -> tuple
                              f"pass --model /path/to/folder")
     ref = str(ref)
     if ref.startswith("package:"):
-        raise FeatstoreError(f"encoder {spec.name}: family {spec.family} loads a folder or a hub id, not '{ref}'")
+        return str(_package_folder(spec, ref.split(":", 1)[1])), None
     local = Path(ref).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -108,6 +111,76 @@ def resolve_model(spec: EncoderSpec, model_override: str | None = None) -> tuple
     # A --model hub id other than the catalog's does not inherit the catalog's pinned revision.
     revision = spec.revision if ref == spec.model else None
     return ref, revision
+
+
+def _package_folder(spec: EncoderSpec, module_name: str) -> Path:
+    """The model folder a pip package ships: importlib.import_module(module_name).get_model_path()."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        pip_name = module_name.replace("_", "-")
+        raise FeatstoreError(f"encoder {spec.name}: package module '{module_name}' is not installed "
+                             f"(pip install {pip_name}), or pass --model /path/to/folder") from None
+    if not callable(getattr(module, "get_model_path", None)):
+        raise FeatstoreError(f"encoder {spec.name}: module '{module_name}' has no get_model_path()")
+    folder = Path(module.get_model_path())
+    if not (folder / "config.json").is_file():
+        raise FeatstoreError(f"encoder {spec.name}: package '{module_name}' has no model files at {folder}; "
+                             f"pass --model /path/to/folder")
+    return folder.resolve()
+
+
+def package_version(module_name: str) -> str | None:
+    """The installed version of the package that provides module_name (its __version__, else metadata)."""
+    import importlib
+    from importlib import metadata
+
+    try:
+        version = getattr(importlib.import_module(module_name), "__version__", None)
+        if version:
+            return str(version)
+        for dist in metadata.packages_distributions().get(module_name.split(".")[0], []):
+            return metadata.version(dist)
+    except Exception:  # best effort
+        pass
+    return None
+
+
+def model_origin(spec: EncoderSpec, model_override: str | None, path_or_id: str) -> dict[str, Any]:
+    """How resolve_model found path_or_id: {'source': 'package', 'package', 'package_version'} | 'local' | 'hub'."""
+    ref = str(model_override or spec.model or "")
+    if ref.startswith("package:"):
+        module_name = ref.split(":", 1)[1]
+        return {"source": "package", "package": module_name, "package_version": package_version(module_name)}
+    if os.path.isdir(path_or_id):
+        return {"source": "local"}
+    return {"source": "hub", "hub_id": path_or_id}
+
+
+def model_file(path_or_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """One file of a model: from its folder, else the local HF cache, else the hub when it can be reached.
+
+    None when the model has no such file or it cannot be had here; never waits on a dead network.
+    """
+    if os.path.isdir(path_or_id):
+        path = Path(path_or_id) / filename
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    try:
+        return Path(hf_hub_download(path_or_id, filename, revision=revision, local_files_only=True))
+    except Exception:
+        pass
+    if _hub_offline() or not _hub_reachable():
+        return None
+    try:
+        return Path(hf_hub_download(path_or_id, filename, revision=revision))
+    except Exception:
+        return None
 
 
 def _transformers_before(major: int, minor: int) -> bool:
