@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 from featstore.catalog import EncoderSpec
 from featstore.encoders.base import Encoder
 from featstore.errors import FeatstoreError
+from featstore.plugins import plugin_module
 
 
 def load_encoder(spec: EncoderSpec, *, model: str | None = None, device: str = "cpu",
@@ -17,11 +16,5 @@ def load_encoder(spec: EncoderSpec, *, model: str | None = None, device: str = "
                              f"with `featstore import mertools DIR` or `featstore import hdf5 FILE`")
     if spec.trust_remote_code and not trust_remote_code:
         raise FeatstoreError(f"encoder {spec.name} runs code from the model hub; pass --trust-remote-code to opt in")
-    module_name = f"featstore.encoders.{spec.family.replace('-', '_')}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise FeatstoreError(f"encoder {spec.name}: family '{spec.family}' has no loader yet ({module_name})") from None
-        raise
+    module = plugin_module("featstore.encoders", spec.family, f"encoder {spec.name}: family")
     return module.build(spec, model=model, device=device)
