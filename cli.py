@@ -256,7 +256,8 @@ def export_cmd(
     if fmt != "hdf5":
         raise FeatstoreError(f"unknown export format '{fmt}'; supported: hdf5")
     summary = export_hdf5(_open(store, read_only=True), out, keys=[KeyName.parse(k) for k in key] if key else None)
-    console.print(f"wrote {out}: {summary}")
+    console.print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB): {len(summary['datasets'])} dataset(s), "
+                  f"{len(summary['keys'])} key(s): {', '.join(summary['keys'])}")
 
 
 @command(import_app, "hdf5")
@@ -269,7 +270,9 @@ def import_hdf5_cmd(
     from featstore.exchange import import_hdf5
 
     summary = import_hdf5(_open(store, create=True), src, overwrite=overwrite)
-    console.print(f"imported {src}: {summary}")
+    console.print(f"imported {src}: {len(summary['keys'])} key(s) ({', '.join(summary['keys'])}), "
+                  f"{summary['rows_done']} rows done; new datasets: {', '.join(summary['datasets_created']) or 'none'}"
+                  + (f"; resumed: {', '.join(summary['resumed'])}" if summary["resumed"] else ""))
 
 
 @command(import_app, "mertools")
@@ -320,6 +323,13 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
+def _build_progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[errors]}"),
+                    TextColumn("{task.fields[workers]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=False)
+
+
 @command(featstore_app, "build")
 def build_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Catalog dataset.", autocompletion=_complete("datasets"))],
@@ -335,18 +345,41 @@ def build_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the key and build it again.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Redo samples that failed before.")] = False,
     rows_per_chunk: Annotated[Optional[int], typer.Option(help="Rows per chunk of a new key (default ~4 MiB chunks).")] = None,
+    partition_chunks: Annotated[int, typer.Option(help="Row chunks per partition (the unit of work and of loss on a crash).")] = 1,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Run on a local Dask cluster of N worker processes.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on the Dask cluster at this scheduler address (tcp://HOST:PORT); every worker must see --store.")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="Threads per local worker process (--workers): each runs one partition at a time, its threads serve torch.")] = 1,
+    torch_threads: Annotated[Optional[int], typer.Option(help="torch/OpenMP threads per worker (default: the worker's threads).")] = None,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for the --scheduler to answer.")] = 10.0,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
-    """Extract one encoder's features for a dataset (clean or under a corruption) into the store."""
+    """Extract one encoder's features for a dataset (clean or under a corruption) into the store.
+
+    In-process by default; `--workers N` starts a local Dask cluster and `--scheduler ADDR` uses an existing one
+    (the same partitions run on the workers; a rerun after any crash finishes the job).
+    """
+    from contextlib import ExitStack
+
     from featstore.build import BuildOptions, build
 
     cat = _catalog()
     cat.dataset(dataset), cat.encoder(encoder), cat.corruption(corruption)  # unknown names fail before any work
+    if workers is not None and scheduler is not None:
+        raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
+    if partition_chunks < 1:
+        raise FeatstoreError(f"--partition-chunks must be at least 1, got {partition_chunks}")
     opts = BuildOptions(batch_size=batch_size, max_batch_seconds=max_batch_seconds, overwrite=overwrite,
-                        retry_failed=retry_failed, rows_per_chunk=rows_per_chunk)
-    fs = _open(store, create=True)
-    with _progress() as prog:
-        task = prog.add_task(f"{dataset}/{encoder}/{corruption}", total=None, rate="", errors="")
+                        retry_failed=retry_failed, rows_per_chunk=rows_per_chunk, partition_chunks=partition_chunks)
+    with ExitStack() as stack:
+        client = None
+        if workers is not None or scheduler is not None:  # connect before the store is touched: a dead address writes nothing
+            from featstore.distributed import connect
+
+            client = stack.enter_context(connect(workers=workers, scheduler=scheduler, threads_per_worker=threads_per_worker,
+                                                 torch_threads=torch_threads, timeout=connect_timeout))
+        fs = _open(store, create=True)
+        prog = stack.enter_context(_build_progress())
+        task = prog.add_task(f"{dataset}/{encoder}/{corruption}", total=None, rate="", errors="", workers="")
         state = {"ok": 0, "bad": 0}
 
         def on_progress(event: str, payload: Any) -> None:
@@ -359,17 +392,34 @@ def build_cmd(
                 prog.update(task, advance=payload[0] + payload[1],
                             rate=f"{(state['ok'] + state['bad']) / elapsed:.1f} clips/s",
                             errors=f"{state['bad']} failed" if state["bad"] else "")
+            elif event == "workers":
+                prog.update(task, workers=f"{payload} worker{'s' if payload != 1 else ''}")
+            elif event == "warning":
+                prog.console.print(f"[yellow]warning:[/] {payload}", highlight=False)
+            elif event == "crash":
+                prog.console.print(f"[red]crash:[/] sample {payload['id']} killed worker processes; recorded and "
+                                   f"skipped", highlight=False)
+            elif event == "partition_failed":
+                prog.console.print(f"[red]failed:[/] rows [{payload['start']}, {payload['stop']}): {payload['reason']}",
+                                   highlight=False)
 
         report = build(fs, dataset, encoder, corruption, root=root, model=model, device=device,
-                       trust_remote_code=trust_remote_code, noise_bank=noise_bank, options=opts, catalog=cat, progress=on_progress)
-    console.print(f"{report.key}: wrote {report.written} row(s) in {report.seconds:.1f} s "
+                       trust_remote_code=trust_remote_code, noise_bank=noise_bank, options=opts, catalog=cat,
+                       progress=on_progress, client=client, torch_threads=torch_threads)
+    on = f" on {report.workers} worker(s)" if client is not None else ""
+    console.print(f"{report.key}: wrote {report.written} row(s) in {report.seconds:.1f} s{on} "
                   f"({report.already_done} already done, {report.partitions} partition(s)); "
                   f"{len(report.failed)} failed sample(s) in total")
     for rec in report.failed[:20]:
         err_console.print(f"  [red]{rec['id']}[/] {rec['stage']}: {rec['message']}", highlight=False)
     if len(report.failed) > 20:
         err_console.print(f"  … see `featstore info {report.key}`")
-    if report.failed:
+    for part in report.failed_partitions:
+        ids = part["ids"]
+        shown = ", ".join(ids[:10]) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
+        err_console.print(f"  [red]rows [{part['start']}, {part['stop']}) not built[/]: {part['reason']}; samples {shown} "
+                          f"(a rerun tries them again)", highlight=False)
+    if not report.ok:
         raise typer.Exit(3)
 
 
@@ -419,6 +469,89 @@ def trainer_datasets_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = Fal
         console.print(f"[bold]{d}[/] {info['samples']} samples; subsets {info['subsets']}; labels {info['labels']}")
         for mod, keys in sorted(info["features"].items()):
             console.print(f"  {mod}: {', '.join(keys)}")
+
+
+def _split_names(value: Optional[str]) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@command(trainer_app, "run")
+def trainer_run_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated (each its own branch).")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
+    corruption: Annotated[str, typer.Option(help="Feature variant of the training rows.")] = "clean",
+    test_corruption: Annotated[Optional[str], typer.Option(help="Feature variant of the test rows (default: --corruption).")] = None,
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    protocol: Annotated[str, typer.Option(help="mertools (the published protocol) | strict (inner validation, standardised).")] = "mertools",
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay (L2).")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 32,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 100,
+    folds: Annotated[str, typer.Option(help="auto | cv5 (cvN) | logo | official.")] = "auto",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (mean±std over them).")] = "0",
+    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", help="Write one CSV per test split here.")] = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="Results database (default: results.sqlite beside the store).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one experiment (all folds and seeds) and record it in the results database."""
+    import csv
+    import time
+
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.protocol import Protocol
+    from trainer.record import record
+    from trainer.results import ResultsDB, default_results_path
+
+    t0 = time.perf_counter()
+    try:
+        proto = Protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout,
+                         seeds=tuple(int(s) for s in _split_names(seeds)))
+    except ValueError as exc:
+        raise FeatstoreError(str(exc)) from None
+    fs = _open(store, read_only=True)
+    features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
+                             video=_split_names(video), corruption=corruption, test_corruption=test_corruption)
+    with _progress() as prog:
+        task = prog.add_task(f"{dataset} {fusion}", total=epochs, rate="", errors="")
+        result = run_experiment(features, fusion, proto, progress=lambda ev, info: prog.update(
+            task, completed=info.get("epoch", 0)) if ev == "epoch" else None)
+    db = ResultsDB(results or default_results_path(fs.path))
+    added = record(db, result, test_corruption=test_corruption)
+    summary = [d for d in result.summary() if d["split"] != "inner"]
+    wall = time.perf_counter() - t0
+    if save_predictions:
+        save_predictions.mkdir(parents=True, exist_ok=True)
+        for split in result.test_ids:
+            rows = result.prediction_rows(split)
+            if rows:
+                with open(save_predictions / f"{dataset}-{split}.csv", "w", newline="", encoding="utf-8") as f:
+                    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                    w.writeheader()
+                    w.writerows(rows)
+    if as_json:
+        _print_json({"dataset": dataset, "fusion": fusion, "mode": protocol, "features": result.features,
+                     "folds": result.folds, "seeds": list(proto.seeds), "wall_s": wall, "counts": result.counts,
+                     "warnings": result.warnings,
+                     "splits": {d["split"]: {m: {"mean": d[f"{m}_mean"], "std": d[f"{m}_std"]}
+                                             for m in ("acc", "waf", "mse")} | {"n": d["n"]} for d in summary}})
+        return
+    t = Table(title=f"{dataset}: {fusion}, {protocol} protocol, {result.folds}, seeds {list(proto.seeds)} "
+                    f"({wall:.1f} s; {added} rows recorded in {db.path})", title_justify="left")
+    for col in ("split", "n", "ACC", "WAF", "valence MSE"):
+        t.add_column(col, no_wrap=True)
+    for d in summary:
+        fmt = lambda m: "—" if d[f"{m}_mean"] != d[f"{m}_mean"] else f"{d[f'{m}_mean']:.4f} ± {d[f'{m}_std']:.4f}"  # noqa: E731
+        t.add_row(d["split"], str(d["n"]), fmt("acc"), fmt("waf"), fmt("mse"))
+    console.print(t)
+    for w in result.warnings:
+        err_console.print(f"[yellow]note:[/] {w}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

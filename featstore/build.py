@@ -1,20 +1,23 @@
 """`featstore build`: plan chunk-aligned partitions, then decode -> corrupt -> encode -> pool -> write each.
 
-The partition function (`run_partition`) is the unit of work locally and on a Dask cluster alike: it
-writes whole row chunks and one finished-partition record, so concurrent partitions need no lock.
-Only the coordinating process (`build`) writes the key's attributes.
+The partition function (`run_partition`) is the unit of work in-process and on a Dask cluster alike
+(featstore.distributed): it writes whole row chunks and one finished-partition record, so concurrent
+partitions need no lock. Only the coordinating process (`build`) writes attributes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +27,16 @@ from featstore.datasets import load_index
 from featstore.datasets.base import DatasetIndex
 from featstore.encoders import load_encoder
 from featstore.encoders.base import Encoder
-from featstore.errors import FeatstoreError, SampleError
+from featstore.errors import FeatstoreError, LeaseError, SampleError
 from featstore.prefetch import prefetch_map
 from featstore.store import FeatureArray, FeatureStore, KeyName
 
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
 PACKAGES = ("featstore", "numpy", "torch", "transformers", "zarr", "av", "opensmile")
+DATASET_LEASE_WAIT_S = 120.0
+CRASH_STAGE = "crash"
 
 
 @dataclass
@@ -57,7 +65,12 @@ class PartitionResult:
 
 @dataclass
 class BuildReport:
-    """The outcome of `build`: rows written now, failures, partitions, wall time."""
+    """The outcome of `build`: rows written now, failures, partitions, wall time.
+
+    failed_partitions: partitions that kept failing on a cluster (kept killing workers without one
+    culprit sample, or kept raising): {start, stop, ids, reason}. They are not recorded in the store,
+    so a rerun tries them again. workers: cluster workers at the start (0 for an in-process build).
+    """
 
     key: str
     rows: int
@@ -66,10 +79,12 @@ class BuildReport:
     failed: list[dict[str, Any]]
     partitions: int
     seconds: float
+    failed_partitions: list[dict[str, Any]] = field(default_factory=list)
+    workers: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.failed_partitions
 
 
 def package_versions() -> dict[str, str]:
@@ -83,12 +98,69 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- dataset
+@contextmanager
+def dataset_lease(store: FeatureStore, dataset: str, wait_s: float = DATASET_LEASE_WAIT_S) -> Iterator[None]:
+    """Hold the dataset-level lease (waiting for it): serialises writes of the dataset group and the
+    creation of key groups under it, so concurrent builds of other keys never clobber each other."""
+    deadline = time.monotonic() + wait_s
+    with ExitStack() as stack:
+        while True:
+            try:
+                stack.enter_context(store.lease(dataset, "dataset update"))
+                break
+            except LeaseError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield
+
+
+def _same_dataset(store: FeatureStore, index: DatasetIndex, attrs: dict[str, Any]) -> bool:
+    """True when the stored dataset already holds exactly these ids, labels, subsets, groups and attrs."""
+    ds = index.name
+    if not store.has_dataset(ds) or store.ids(ds).tolist() != [str(i) for i in index.ids]:
+        return False
+    stored_attrs = store.dataset_attrs(ds)
+    if any(stored_attrs.get(k) != v for k, v in {**attrs, "n_samples": len(index.ids)}.items()):
+        return False
+    labels = store.labels(ds)
+    for name, values in index.labels.items():
+        if name not in labels:
+            return False
+        old, classes = labels[name]
+        want = index.label_classes.get(name)
+        new = np.asarray(values).astype(np.int16 if want is not None else np.float32)
+        if (classes is None) != (want is None) or (want is not None and list(classes) != list(want)):
+            return False
+        if old.shape != new.shape or not np.array_equal(old, new, equal_nan=new.dtype.kind == "f"):
+            return False
+    subsets = store.subsets(ds)
+    for name, member in index.subsets.items():
+        if name not in subsets or not np.array_equal(subsets[name], np.asarray(member, bool)):
+            return False
+    if index.groups is not None:
+        groups = store.groups(ds)
+        if groups is None or groups.tolist() != [str(g) for g in index.groups]:
+            return False
+    return True
+
+
 def index_to_store(store: FeatureStore, index: DatasetIndex, adapter: str) -> None:
-    """Write (or refresh) a dataset's ids, labels and subsets from its adapter's index."""
-    store.put_dataset(index.name, index.ids, labels=index.labels, label_classes=index.label_classes,
-                      subsets=index.subsets, groups=index.groups,
-                      attrs={"adapter": adapter, "source_root": str(Path(index.root).resolve()),
-                             "label_space": {k: v for k, v in index.label_classes.items()}})
+    """Write (or refresh) a dataset's ids, labels and subsets from its adapter's index.
+
+    Safe with concurrent builds: it runs under the dataset-level lease and writes nothing when the
+    store already holds the same dataset (the common case for the second build into a store).
+    """
+    attrs = {"adapter": adapter, "source_root": str(Path(index.root).resolve()),
+             "label_space": {k: v for k, v in index.label_classes.items()}}
+    with dataset_lease(store, index.name):
+        if _same_dataset(store, index, attrs):
+            return
+        if store.has_dataset(index.name) and not store.keys(index.name) and not any(store.ids(index.name)):
+            store.delete_dataset(index.name)    # its ids array was created but never written (killed): redo
+        store.put_dataset(index.name, index.ids, labels=index.labels, label_classes=index.label_classes,
+                          subsets=index.subsets, groups=index.groups, attrs=attrs)
 
 
 def key_spec(encoder: EncoderSpec, corruption: dict[str, Any], weights: Any) -> dict[str, Any]:
@@ -104,6 +176,34 @@ def key_spec(encoder: EncoderSpec, corruption: dict[str, Any], weights: Any) -> 
     return {"encoder": enc, "weights": weights, "corruption": corruption}
 
 
+# ---------------------------------------------------------------------------------------------- samples
+_FAULTS: tuple[str, dict[str, Any]] = ("", {})
+
+
+def _test_fault(sample_id: str) -> None:
+    """Test-only fault injection, off unless $FEATSTORE_TEST_FAULTS is set (tests/test_distributed.py).
+
+    The variable holds JSON: {"crash": [sample ids], "delay": seconds}. `delay` sleeps before each
+    sample; a sample listed in `crash` ends the process with os._exit(86) while it is being decoded,
+    as a decoder segfault would. Set it only in the environment of the processes meant to die
+    (Dask workers), never in production.
+    """
+    global _FAULTS
+    raw = os.environ.get("FEATSTORE_TEST_FAULTS")
+    if not raw:
+        return
+    if _FAULTS[0] != raw:
+        try:
+            _FAULTS = (raw, dict(json.loads(raw)))
+        except (ValueError, TypeError):
+            _FAULTS = (raw, {})
+    faults = _FAULTS[1]
+    if faults.get("delay"):
+        time.sleep(float(faults["delay"]))
+    if sample_id in faults.get("crash", ()):
+        os._exit(86)
+
+
 def prepare_input(encoder: Encoder, index: DatasetIndex, row: int,
                   corruptor: Corruptor | None = None) -> tuple[Any, dict[str, Any]]:
     """Decode, corrupt and (if the encoder has a `prepare` step, e.g. face cropping) prepare one sample.
@@ -115,8 +215,11 @@ def prepare_input(encoder: Encoder, index: DatasetIndex, row: int,
 
     spec = encoder.spec
     sid = index.ids[row]
+    _test_fault(sid)
     if spec.modality == "text":
         x: Any = index.text[row]
+        if x is None and row in getattr(index, "text_errors", {}):
+            raise SampleError(sid, "text", index.text_errors[row])
         if x is None or not str(x).strip():
             raise SampleError(sid, "text", "empty subtitle")
         x = str(x)
@@ -187,23 +290,44 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
-def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start: int, stop: int,
-                  options: BuildOptions, on_sample: Callable[[int, int], None] | None = None,
-                  corruptor: Corruptor | None = None) -> PartitionResult:
-    """Build rows [start, stop): decode (prefetched), encode in length-bucketed batches, write, record.
+@dataclass
+class EncodedRows:
+    """Output of `encode_rows`: float32 values [n, L, D] and a valid mask in the order of the rows given,
+    the failure records (id, stage, message) and the corruption parameters drawn per sample id."""
 
-    Rows are written whole-chunk, `done` after the rows, then the finished-partition record with the
-    failures; a crash before that loses only this partition, which a rerun redoes.
+    values: np.ndarray
+    valid: np.ndarray
+    records: list[dict[str, Any]]
+    drawn: dict[str, dict[str, Any]]
+
+
+def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], options: BuildOptions,
+                on_sample: Callable[[int, int], None] | None = None, corruptor: Corruptor | None = None,
+                skip: Mapping[str, str] | None = None, store_dtype: Any = np.float32) -> EncodedRows:
+    """Decode (prefetched), corrupt and encode the given rows in length-bucketed batches; write nothing.
+
+    Batches depend only on the rows given (a partition), never on workers or timing. Samples named in
+    `skip` (id -> message; samples that crashed a worker process) are not touched and are recorded
+    with stage 'crash'. `store_dtype` is the stored dtype (float16 rows beyond its range are failures).
     """
-    t0 = time.perf_counter()
     spec = encoder.spec
-    n = stop - start
-    values = np.zeros((n, spec.n_stored_layers, spec.dim), dtype=np.float32)
-    valid = np.zeros(n, bool)
+    rows = list(rows)
+    pos = {r: i for i, r in enumerate(rows)}
+    values = np.zeros((len(rows), spec.n_stored_layers, spec.dim), dtype=np.float32)
+    valid = np.zeros(len(rows), bool)
     records: list[dict[str, Any]] = []
     decoded: dict[int, Any] = {}
     drawn: dict[str, dict[str, Any]] = {}
-    for row, result in prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), range(start, stop),
+    skip = skip or {}
+    todo = []
+    for r in rows:
+        if index.ids[r] in skip:
+            records.append({"id": index.ids[r], "stage": CRASH_STAGE, "message": skip[index.ids[r]]})
+            if on_sample:
+                on_sample(0, 1)
+        else:
+            todo.append(r)
+    for row, result in prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), todo,
                                     workers=options.decode_workers):
         if isinstance(result, SampleError):
             records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
@@ -215,11 +339,12 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
                 drawn[index.ids[row]] = params
         if on_sample and isinstance(result, Exception):
             on_sample(0, 1)
-    rows = sorted(decoded)
+    ready = sorted(decoded, key=pos.__getitem__)
     sr = float(spec.input.get("sample_rate", 16000))
     max_units = options.max_batch_seconds * sr if spec.modality == "audio" else None
-    for batch in make_batches([input_length(decoded[r]) for r in rows], options.batch_size, max_units):
-        batch_rows = [rows[i] for i in batch]
+    f16 = np.dtype(store_dtype) == np.float16
+    for batch in make_batches([input_length(decoded[r]) for r in ready], options.batch_size, max_units):
+        batch_rows = [ready[i] for i in batch]
         outs, errs = _encode_or_bisect(encoder, [decoded[r] for r in batch_rows], [index.ids[r] for r in batch_rows])
         records.extend(errs)
         good = 0
@@ -229,20 +354,34 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
             if not np.isfinite(out).all():
                 records.append({"id": index.ids[r], "stage": "encode", "message": "encoder output has NaN/Inf"})
                 continue
-            if fa.utt.dtype == np.float16 and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
+            if f16 and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
                 records.append({"id": index.ids[r], "stage": "encode", "message": "values beyond float16 range"})
                 continue
-            values[r - start] = out
-            valid[r - start] = True
+            values[pos[r]] = out
+            valid[pos[r]] = True
             good += 1
         if on_sample:
             on_sample(good, len(batch_rows) - good)
         for r in batch_rows:
             decoded.pop(r, None)
-    fa.write_rows(start, values, valid)
     records.sort(key=lambda rec: rec["id"])
-    fa.finish_partition(start, stop, records, drawn=drawn or None)
-    return PartitionResult(start, stop, int(valid.sum()), records, time.perf_counter() - t0)
+    return EncodedRows(values, valid, records, drawn)
+
+
+def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start: int, stop: int,
+                  options: BuildOptions, on_sample: Callable[[int, int], None] | None = None,
+                  corruptor: Corruptor | None = None, skip: Mapping[str, str] | None = None) -> PartitionResult:
+    """Build rows [start, stop): decode (prefetched), encode in length-bucketed batches, write, record.
+
+    Rows are written whole-chunk, `done` after the rows, then the finished-partition record with the
+    failures; a crash before that loses only this partition, which a rerun redoes (identically: the
+    batches depend on the partition alone). `skip`: see `encode_rows`.
+    """
+    t0 = time.perf_counter()
+    out = encode_rows(encoder, index, range(start, stop), options, on_sample, corruptor, skip, fa.utt.dtype)
+    fa.write_rows(start, out.values, out.valid)
+    fa.finish_partition(start, stop, out.records, drawn=out.drawn or None)
+    return PartitionResult(start, stop, int(out.valid.sum()), out.records, time.perf_counter() - t0)
 
 
 def plan_partitions(fa: FeatureArray, options: BuildOptions) -> list[tuple[int, int]]:
@@ -257,15 +396,51 @@ def plan_partitions(fa: FeatureArray, options: BuildOptions) -> list[tuple[int, 
     return parts
 
 
+# ---------------------------------------------------------------------------------------------- build
+def _drop_unfinished_records(fa: FeatureArray) -> None:
+    """Delete finished-partition record groups left without attributes by a kill -9 inside
+    `finish_partition` (it creates the group, then writes its attributes). Their partitions are
+    then planned again like any unrecorded partition. Called with the key's lease held, before work."""
+    if "errors" not in fa.group:
+        return
+    errors = fa.group["errors"]
+    for name, g in list(errors.groups()):
+        if "start" not in g.attrs:
+            del errors[name]
+
+
+def _drop_half_created_key(store: FeatureStore, key: KeyName) -> None:
+    """Delete a key whose creation was interrupted (kill -9 between its arrays and its spec attributes).
+
+    No row can have been written to it (partitions start after creation), so nothing is lost. Called
+    with the key's lease and the dataset's lease held.
+    """
+    if not store.has_key(key):
+        return
+    group = store.root[key.dataset][key.encoder][key.corruption]
+    if "done" not in group or "spec_hash" not in group.attrs:
+        store.delete_key(key)
+
+
 def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str = "clean", *,
           root: str | Path | None = None, model: str | None = None, device: str = "cpu",
           trust_remote_code: bool = False, noise_bank: str | Path | None = None,
           options: BuildOptions | None = None, catalog: Catalog | None = None,
-          progress: Callable[[str, Any], None] | None = None) -> BuildReport:
+          progress: Callable[[str, Any], None] | None = None, client: Client | None = None,
+          torch_threads: int | None = None) -> BuildReport:
     """Fill (dataset, encoder, corruption) in the store; a rerun does only what is missing.
 
+    In-process by default; with `client` (a dask.distributed Client, see featstore.distributed.connect)
+    the same partitions run on the cluster's workers, which must all see the store's path. Then the
+    workers are checked first (store visible, same catalog entries and package versions), each worker
+    loads the encoder once, and a sample that kills worker processes is found by bisection, recorded
+    with stage 'crash' and skipped. `torch_threads`: torch threads per worker (default: the worker's
+    thread count).
+
     `progress(event, payload)` receives ("plan", {"rows": n_todo, "total": N}) once, then
-    ("samples", (ok, failed)) as batches finish.
+    ("samples", (ok, failed)) as batches (in-process) or partitions (cluster) finish; on a cluster also
+    ("workers", n_alive), ("warning", text), ("crash", {"id", "start", "stop"}) and
+    ("partition_failed", {start, stop, ids, reason}).
     """
     t0 = time.perf_counter()
     options = options or BuildOptions()
@@ -281,35 +456,58 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
         if cor_spec.kind == "variant":
             raise FeatstoreError(f"corruption {corruption} is an input variant: its inputs come from files the dataset "
                                  f"adapter provides (e.g. `featstore import mertools` of a -{corruption} folder)")
+        if client is not None and noise_bank is not None:
+            noise_bank = os.path.abspath(noise_bank)   # workers have other working directories
         corruptor = make_corruptor(cor_spec, noise_bank)
     if root is None:
         if not store.has_dataset(dataset):
             raise FeatstoreError(f"dataset {dataset} is not in the store yet; pass --root with its release folder")
         root = store.dataset_attrs(dataset).get("source_root")
     index = load_index(dataset, root, catalog)  # type: ignore[arg-type]
+    key = KeyName(dataset, encoder_name, corruption)
+    cluster = None
+    if client is not None:
+        from featstore.distributed import ClusterBuild
+
+        cluster = ClusterBuild(client, store, key, catalog, enc_spec, model=model, device=device,
+                               trust_remote_code=trust_remote_code, corruptor=corruptor, options=options,
+                               torch_threads=torch_threads, progress=progress)
+        cluster.check_workers()          # before anything is written: store visible, catalog, versions
     index_to_store(store, index, ds_spec.adapter)
-    enc = load_encoder(enc_spec, model=model, device=device, trust_remote_code=trust_remote_code)
-    prov = enc.provenance()
+    if cluster is not None:
+        prov = cluster.provenance()      # loaded on a worker: the client never loads the model
+        enc = None
+    else:
+        enc = load_encoder(enc_spec, model=model, device=device, trust_remote_code=trust_remote_code)
+        prov = enc.provenance()
     cor_feature_spec = corruptor.feature_spec() if corruptor else cor_spec.feature_spec()
     spec = key_spec(enc_spec, cor_feature_spec, prov.get("weights"))
-    key = KeyName(dataset, encoder_name, corruption)
+    failed_parts: list[dict[str, Any]] = []
     with store.lease(key, "build"):
-        fa = store.create_key(key, layers=enc_spec.n_stored_layers, dim=enc_spec.dim, dtype=enc_spec.dtype,
-                              spec=spec, spec_hash=spec_hash(spec), rows_per_chunk=options.rows_per_chunk,
-                              overwrite=options.overwrite)
+        with dataset_lease(store, dataset):   # key groups are created under the dataset's lease
+            _drop_half_created_key(store, key)
+            fa = store.create_key(key, layers=enc_spec.n_stored_layers, dim=enc_spec.dim, dtype=enc_spec.dtype,
+                                  spec=spec, spec_hash=spec_hash(spec), rows_per_chunk=options.rows_per_chunk,
+                                  overwrite=options.overwrite)
+        _drop_unfinished_records(fa)
         already = int(fa.done_mask().sum())
         parts = plan_partitions(fa, options)
         todo = sum(e - s for s, e in parts)
         if progress:
             progress("plan", {"rows": todo, "total": fa.n})
-        on_sample = (lambda ok, bad: progress("samples", (ok, bad))) if progress else None
-        results = [run_partition(fa, enc, index, s, e, options, on_sample, corruptor) for s, e in parts]
-        written = sum(r.written for r in results)
+        if cluster is not None:
+            written, failed_parts = cluster.run(fa, index, parts, spec_hash(spec), prov.get("weights"))
+        else:
+            on_sample = (lambda ok, bad: progress("samples", (ok, bad))) if progress else None
+            results = [run_partition(fa, enc, index, s, e, options, on_sample, corruptor) for s, e in parts]
+            written = sum(r.written for r in results)
         failed = fa.errors()
+        # only this (coordinating) process writes attributes, and only its own key's
         fa.group.attrs.update({
             "encoder": enc_spec.name, "corruption": corruption, "dataset": dataset,
             "provenance": {**prov, "packages": package_versions(), "host": socket.gethostname(),
                            "device": device, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
             "rows_done": int(fa.done_mask().sum()), "n_errors": len(failed),
         })
-    return BuildReport(str(key), fa.n, written, already, failed, len(parts), time.perf_counter() - t0)
+    return BuildReport(str(key), fa.n, written, already, failed, len(parts), time.perf_counter() - t0,
+                       failed_parts, cluster.n_workers if cluster else 0)

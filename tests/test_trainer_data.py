@@ -1,0 +1,96 @@
+"""trainer.data: features into memory once; masks for failed rows; train/test corruptions; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featstore.errors import BadValuesError, MissingKeyError, StoreError, UnknownNameError
+from featstore.store import FeatureStore, KeyName
+from trainer.data import load_features
+from trainer.synthetic import make_store
+
+DIMS = {"aud": ("audio", 6), "txt": ("text", 10), "vid": ("visual", 4)}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("data") / "s.zarr"
+    make_store(p, n_train=40, n_test=12, dims=DIMS, corruptions=("clean", "noisy"), dtype="float16")
+    return p
+
+
+def test_loads_every_key_as_float32_with_labels_and_subsets(store_path: Path) -> None:
+    fs = load_features(store_path, "synth", audio="aud", text=["txt"], video=["vid"])
+    assert fs.n == 52 and [b.name for b in fs.branches] == ["aud", "txt", "vid"]
+    f = fs.features["txt"]
+    assert f.x.dtype == torch.float32 and f.x.shape == (52, 10) and f.x_test is f.x and f.modality == "text"
+    raw = FeatureStore(store_path).read("synth", "txt")[:, 0, :].astype(np.float32)
+    assert np.array_equal(f.x.numpy(), raw)
+    assert fs.emotion.dtype == torch.int64 and fs.classes[:2] == ["neutral", "angry"] and fs.valence_name == "valence"
+    assert set(fs.subsets) == {"train", "test1"} and fs.subsets["train"].sum() == 40
+    assert fs.describe() == {"audio": ["aud/clean"], "text": ["txt/clean"], "visual": ["vid/clean"]}
+    assert set(fs.spec_hashes()) == {"aud/clean", "txt/clean", "vid/clean"}
+    assert bool(fs.complete().all())
+
+
+def test_train_and_test_corruptions_are_independent(store_path: Path) -> None:
+    fs = load_features(store_path, "synth", audio=["aud"], corruption="clean", test_corruption="noisy")
+    f = fs.features["aud"]
+    train, test = fs.subsets["train"], fs.subsets["test1"]
+    st = FeatureStore(store_path)
+    clean, noisy = st.read("synth", "aud", "clean")[:, 0].astype(np.float32), st.read("synth", "aud", "noisy")[:, 0].astype(np.float32)
+    assert np.array_equal(f.x.numpy()[train], clean[train]) and np.array_equal(f.x_test.numpy()[test], noisy[test])
+    assert f.avail[train].all() and f.avail_test[test].all()
+    assert set(fs.spec_hashes()) == {"aud/clean", "aud/noisy"}
+
+
+def test_rows_not_done_are_masked_zero_and_counted(tmp_path: Path) -> None:
+    st = make_store(tmp_path / "s.zarr", n_train=30, n_test=10, dims=DIMS)
+    fa = st.open_key(KeyName("synth", "txt"))
+    x = fa.read()
+    valid = np.ones(40, bool)
+    valid[[3, 35]] = False  # a training row and a test row whose extraction failed
+    fa.write_rows(0, x.astype(np.float32), valid=valid)
+    fs = load_features(st, "synth", audio=["aud"], text=["txt"])
+    assert not fs.features["txt"].avail[3] and not fs.features["txt"].avail_test[35]
+    assert float(fs.features["txt"].x[3].abs().sum()) == 0.0
+    assert (~fs.complete()).sum() == 2 and any("1 training-role row" in w for w in fs.warnings)
+
+
+def test_nan_in_a_done_row_names_the_sample(tmp_path: Path) -> None:
+    st = make_store(tmp_path / "s.zarr", n_train=30, n_test=10, dims=DIMS)
+    fa = st.open_key(KeyName("synth", "vid"))
+    fa.utt[7, 0, 2] = np.nan  # corrupted on disk behind the store's back
+    with pytest.raises(BadValuesError, match=r"sample s00007 \(row 7\) has NaN/Inf"):
+        load_features(st, "synth", video=["vid"])
+
+
+def test_bad_names_and_missing_keys(store_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean txt"):
+        load_features(store_path, "synth", text=["txtt"])
+    with pytest.raises(UnknownNameError, match="unknown dataset 'synthh'.*synth"):
+        load_features(store_path, "synthh", text=["txt"])
+    with pytest.raises(MissingKeyError, match="featstore build --dataset synth --encoder hubert-large"):
+        load_features(store_path, "synth", audio=["hubert-large"])  # a catalog encoder not built here
+    with pytest.raises(MissingKeyError, match="--corruption blur"):
+        load_features(store_path, "synth", video=["vid"], test_corruption="blur")
+    with pytest.raises(StoreError, match="is a text encoder"):
+        load_features(store_path, "synth", audio=["minilm-l6"])
+    with pytest.raises(StoreError, match="no features chosen"):
+        load_features(store_path, "synth")
+
+
+def test_branch_layouts_concat_and_replicate(store_path: Path) -> None:
+    fs = load_features(store_path, "synth", audio=["aud"], text=["txt", "txt"], concat=["text"])
+    assert [b.parts for b in fs.branches] == [("aud",), ("txt", "txt#2")]
+    rep = load_features(store_path, "synth", audio=["aud"]).replicate(3)
+    assert [b.name for b in rep.branches] == ["aud", "aud#2", "aud#3"] and set(rep.features) == {"aud"}
+
+
+def test_subsets_restrict_the_rows_loaded(store_path: Path) -> None:
+    fs = load_features(store_path, "synth", audio=["aud"], subsets=["train"])
+    assert fs.n == 40 and set(fs.subsets) == {"train"}

@@ -1,0 +1,226 @@
+"""trainer.fit + trainer.protocol: the MER protocol on small synthetic stores.
+
+Batched K models == K separate trainings; equal to plain torch (nn.Linear + torch.optim.Adam, MERTools'
+module) step for step; no test leakage; determinism; failed rows; strict vs mertools; other fold kinds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.data import FeatureSet, load_features
+from trainer.fit import _GroupTrainer, model_seed, normalise_configs, run_experiment
+from trainer.protocol import Protocol
+from trainer.synthetic import make_store
+
+from test_trainer_models import RefAttentionTopN
+
+DIMS = {"aud": ("audio", 24), "txt": ("text", 32), "vid": ("visual", 16)}
+FAST = Protocol(epochs=3, batch_size=32, hidden=16, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory: pytest.TempPathFactory) -> FeatureSet:
+    p = tmp_path_factory.mktemp("fit") / "s.zarr"
+    make_store(p, n_train=250, n_test=50, dims=DIMS, signal=(1.2, 1.5, 1.0), seed=1)
+    return load_features(p, "synth", audio=["aud"], text=["txt"], video=["vid"])
+
+
+def cv(res, split: str = "cv", config: int = 0) -> dict:
+    return next(r for r in res.rows if r["fold"] == -1 and r["split"] == split and r["config"] == config)
+
+
+def test_planted_signal_is_learned(feats: FeatureSet) -> None:
+    res = run_experiment(feats, "attention", FAST.replace(epochs=12))
+    assert cv(res)["waf"] > 0.6 and cv(res, "test1")["acc"] > 0.6  # chance is ~0.27 (largest class)
+    assert len(res.selected_epochs) == 5 and all(1 <= e <= 12 for e in res.selected_epochs.values())
+    out = res.test_outputs[(0, 0, "test1")]
+    assert out.emotion.shape == (5, 50, 6) and out.valence.shape == (5, 50) and out.attention.shape == (5, 50, 3)
+    pred = res.predictions("test1")
+    assert np.allclose(pred["probs"].sum(1), 1) and len(res.prediction_rows("test1")) == 50
+    # the CV figure is the mean of the folds' best held-out scores (MERTools gain_cv_results)
+    folds = [r["waf"] for r in res.rows if r["split"] == "cv" and r["fold"] >= 0]
+    assert cv(res)["waf"] == pytest.approx(np.mean(folds))
+    assert all(r["score"] == pytest.approx(res.curves[(0, r["fold"], 0)][r["best_epoch"] - 1])
+               for r in res.rows if r["split"] == "cv" and r["fold"] >= 0)
+
+
+def test_batched_models_equal_separate_trainings(feats: FeatureSet) -> None:
+    """K = 2 configs x 5 folds x 2 seeds as one module == each model trained alone (its own generator)."""
+    configs = [{"lr": 1e-3, "dropout": 0.5}, {"lr": 3e-4, "dropout": 0.3, "weight_decay": 1e-4}]
+    p = FAST.replace(epochs=1, seeds=(0, 1))
+    together = run_experiment(feats, "attention", p, configs)
+    alone = run_experiment(feats, "attention", p, configs, max_models=1)
+    assert together.counts["models"] == 20
+    for key, out in together.test_outputs.items():
+        assert np.abs(out.emotion - alone.test_outputs[key].emotion).max() < 1e-5
+        assert np.abs(out.valence - alone.test_outputs[key].valence).max() < 1e-5
+    for key, curve in together.curves.items():
+        assert np.allclose(curve, alone.curves[key], atol=1e-6)
+    p4 = FAST.replace(epochs=4)
+    assert run_experiment(feats, "attention", p4, configs).selected_epochs == \
+        run_experiment(feats, "attention", p4, configs, max_models=3).selected_epochs
+
+
+def test_one_epoch_equals_plain_torch_mertools_module(feats: FeatureSet) -> None:
+    """Without dropout, a fold model equals MERTools' nn.Module trained with torch.optim.Adam on the same
+    minibatches (same initial weights, same permutation: both drawn from the model's seed)."""
+    p = FAST.replace(epochs=1, dropout=0.0, batch_size=16, lr=1e-4)
+    res = run_experiment(feats, "attention", p)
+    cfg = normalise_configs(None, p)[0]
+    plan = p.plan(feats, 0)
+    names = [b.name for b in feats.branches]
+    test_rows = plan.tests["test1"]
+    y = feats.emotion
+    v = feats.valence
+    for fold in plan.folds[:2]:
+        torch.manual_seed(model_seed(cfg, fold.index, 0))
+        ref = RefAttentionTopN([feats.features[n].dim for n in names], 16, 0.0, 6, 1)
+        opt = torch.optim.Adam(ref.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        order = torch.from_numpy(fold.train)[torch.randperm(len(fold.train))]
+        ref.train()
+        for s in range(0, len(order), p.batch_size):
+            rows = order[s:s + p.batch_size]
+            e, val = ref([feats.features[n].x[rows] for n in names])
+            loss = F.cross_entropy(e, y[rows]) + F.mse_loss(val[:, 0], v[rows])  # MERTools CELoss + MSELoss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ref.eval()
+        with torch.no_grad():
+            e, val = ref([feats.features[n].x_test[torch.from_numpy(test_rows)] for n in names])
+        out = res.test_outputs[(0, 0, "test1")]
+        # not bit-equal: summation order differs (~1e-10 in gradients), and Adam turns a near-zero gradient's
+        # rounding into a +-lr step, so an epoch ends ~lr apart (batched vs alone is < 1e-5: same kernels)
+        assert np.abs(out.emotion[fold.index] - e.numpy()).max() < 5 * p.lr
+        assert np.abs(out.valence[fold.index] - val[:, 0].numpy()).max() < 5 * p.lr
+        assert (out.emotion[fold.index].argmax(1) == e.numpy().argmax(1)).all()
+
+
+def test_test_labels_never_influence_selection(feats: FeatureSet) -> None:
+    p = FAST.replace(epochs=4)
+    a = run_experiment(feats, "attention", p, [{}, {"lr": 3e-4}])
+    test = torch.from_numpy(feats.subsets["test1"])
+    emo, val = feats.emotion.clone(), feats.valence.clone()
+    emo[test] = torch.randint(0, 6, (int(test.sum()),), generator=torch.Generator().manual_seed(5))
+    val[test] = -val[test]
+    b = run_experiment(dataclasses.replace(feats, emotion=emo, valence=val), "attention", p, [{}, {"lr": 3e-4}])
+    assert a.selected_epochs == b.selected_epochs
+    assert all(np.array_equal(a.curves[k], b.curves[k]) for k in a.curves)
+    assert [dict(r, seconds=0) for r in a.rows if r["split"] == "cv"] == \
+        [dict(r, seconds=0) for r in b.rows if r["split"] == "cv"]
+    assert a.best_config() == b.best_config()
+    assert cv(a, "test1")["waf"] != cv(b, "test1")["waf"]
+    assert np.array_equal(a.test_outputs[(0, 0, "test1")].emotion, b.test_outputs[(0, 0, "test1")].emotion)
+
+
+def test_deterministic_for_a_seed(feats: FeatureSet) -> None:
+    p = FAST.replace(epochs=2, seeds=(3,))
+    a, b = run_experiment(feats, "attention", p), run_experiment(feats, "attention", p)
+    assert a.rows and [dict(r, seconds=0) for r in a.rows] == [dict(r, seconds=0) for r in b.rows]
+    assert np.array_equal(a.test_outputs[(0, 3, "test1")].emotion, b.test_outputs[(0, 3, "test1")].emotion)
+    c = run_experiment(feats, "attention", p.replace(seeds=(4,)))
+    assert not np.array_equal(a.test_outputs[(0, 3, "test1")].emotion, c.test_outputs[(0, 4, "test1")].emotion)
+
+
+def test_failed_rows_are_not_trained_on_and_still_predicted(feats: FeatureSet) -> None:
+    train_rows = np.flatnonzero(feats.subsets["train"])[[3, 50, 120]]
+    test_rows = np.flatnonzero(feats.subsets["test1"])[[0, 7]]
+
+    def broken(fill: float) -> FeatureSet:
+        f = feats.features["txt"]
+        x, avail = f.x.clone(), f.avail.clone()
+        x[train_rows] = fill
+        x[test_rows] = fill
+        avail[train_rows] = False
+        avail[test_rows] = False
+        f2 = dataclasses.replace(f, x=x, x_test=x, avail=avail, avail_test=avail)
+        return dataclasses.replace(feats, features={**feats.features, "txt": f2})
+
+    p = FAST.replace(epochs=2, test_splits=("test1",))
+    a, b = run_experiment(broken(0.0), "attention", p), run_experiment(broken(1e3), "attention", p)
+    assert a.counts["excluded"] == {"missing features": 3} and a.counts["test_missing"] == {"test1": 2}
+    assert any("3 training row(s) not trained on" in w for w in a.warnings)
+    for f in p.plan(broken(0.0), 0).folds:
+        assert not set(train_rows) & set(f.train)
+    ea, eb = a.test_outputs[(0, 0, "test1")].emotion, b.test_outputs[(0, 0, "test1")].emotion
+    assert np.isfinite(ea).all() and np.array_equal(ea, eb)  # whatever the failed rows hold is never used
+    assert a.selected_epochs == b.selected_epochs
+
+
+def test_strict_mode_selects_inside_the_training_fold_and_standardises_from_its_rows(feats: FeatureSet) -> None:
+    p = FAST.replace(epochs=3, mode="strict")
+    res = run_experiment(feats, "attention", p)
+    assert {r["split"] for r in res.rows} == {"cv", "inner", "test1"}
+    for f in p.plan(feats, 0).folds:
+        assert not set(f.select) & set(f.train) and not set(f.heldout) & (set(f.train) | set(f.select))
+        assert len(f.select) == pytest.approx(0.2 * (len(f.train) + len(f.select)), abs=1)
+    # standardisation statistics: each model's own training rows, nothing else
+    cfg = normalise_configs(None, p)[0]
+    plan = p.plan(feats, 0)
+    from trainer.fit import Job
+    jobs = [Job(0, 0, f, cfg, model_seed(cfg, f.index, 0)) for f in plan.folds]
+    tr = _GroupTrainer(jobs, feats, "attention", p, "waf", 6, True, torch.device("cpu"), {0: plan}, None, 0)
+    mu, inv = tr.std["txt"]
+    for k, f in enumerate(plan.folds):
+        x = feats.features["txt"].x[torch.from_numpy(f.train)].double()
+        assert torch.allclose(mu[k, 0].double(), x.mean(0), atol=1e-5)
+        assert torch.allclose(inv[k, 0].double(), 1 / x.std(0, unbiased=False), rtol=1e-4)
+    # so test-row features cannot move the selection
+    f = feats.features["txt"]
+    x = f.x.clone()
+    x[torch.from_numpy(feats.subsets["test1"])] *= 100
+    moved = dataclasses.replace(feats, features={**feats.features, "txt": dataclasses.replace(f, x=x, x_test=x)})
+    assert run_experiment(moved, "attention", p).selected_epochs == res.selected_epochs
+    mert = run_experiment(feats, "attention", p.replace(mode="mertools"))
+    assert {r["split"] for r in mert.rows} == {"cv", "test1"}
+
+
+def test_mlp_sentiment_official_splits(tmp_path: Path) -> None:
+    """A sentiment dataset (catalog cmu-mosi): regression head only, scored by the sign; official folds."""
+    make_store(tmp_path / "s.zarr", n_train=120, n_test=40, dims={"aud": ("audio", 8)}, dataset="cmu-mosi",
+               official=True, signal=1.5)
+    fs = load_features(tmp_path / "s.zarr", "cmu-mosi", audio=["aud"])
+    assert fs.sentiment and fs.emotion is None
+    res = run_experiment(fs, "mlp", FAST.replace(epochs=3))
+    assert res.folds == "official" and res.selection == "sentiment" and len(res.selected_epochs) == 1
+    assert res.test_outputs[(0, 0, "test1")].emotion is None
+    r = cv(res, "test1")
+    assert 0 < r["n"] <= 40 and math.isfinite(r["waf"]) and math.isfinite(r["mse"])
+    assert not Protocol().shuffles(fs) and Protocol(mode="strict").shuffles(fs)  # MERTools: no shuffle there
+
+
+def test_leave_one_group_out_predict_only_test_and_no_valence(tmp_path: Path) -> None:
+    make_store(tmp_path / "s.zarr", n_train=90, n_test=30, dims={"aud": ("audio", 8), "vid": ("visual", 6)},
+               groups=3, valence=False, test_labels=False,
+               proportions=(0.3, 0.3, 0.2, 0.2, 0.0, 0.0))
+    fs = load_features(tmp_path / "s.zarr", "synth", audio=["aud"], video=["vid"])
+    res = run_experiment(fs, "attention", FAST.replace(epochs=2))
+    assert res.folds == "logo" and sorted({k[1] for k in res.selected_epochs}) == [0, 1, 2]
+    out = res.test_outputs[(0, 0, "test1")]
+    assert out.valence is None and out.emotion.shape == (3, 30, 6)
+    r = cv(res, "test1")
+    assert r["n"] == 0 and math.isnan(r["waf"])  # predict-only split
+    assert res.counts["test_unlabelled"] == {"test1": 30}
+    assert any("worried, surprise" in w for w in res.warnings)  # classes absent from the training folds
+    assert all(row["predicted"] for row in res.prediction_rows("test1"))
+
+
+def test_bad_protocols_are_refused(feats: FeatureSet) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        Protocol(mode="paper")
+    with pytest.raises(ValueError, match="folds"):
+        Protocol(folds="kfold")
+    with pytest.raises(ValueError, match="no 'val' subset"):
+        run_experiment(feats, "attention", FAST.replace(folds="official"))
+    with pytest.raises(ValueError, match="has no groups"):
+        run_experiment(feats, "attention", FAST.replace(folds="logo"))
+    with pytest.raises(ValueError, match="does not take option"):
+        run_experiment(feats, "mlp", FAST, {"softmax": True})

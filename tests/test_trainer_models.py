@@ -1,0 +1,144 @@
+"""trainer.models: output shapes, MERTools-identical initialisation, softmax option, masks, per-model dropout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featstore.errors import UnknownNameError
+from trainer.models import available_models, build_model, model_class, register
+from trainer.models.base import BatchedModel, ModelSpec
+
+DIMS = {"a": 12, "t": 20, "v": 8}
+
+
+def spec(K: int = 3, n_classes: int = 6, n_valence: int = 1, hidden: int = 16, dropout: float | list[float] = 0.5,
+         branches: dict[str, tuple[str, ...]] | None = None, seeds: list[int] | None = None) -> ModelSpec:
+    seeds = seeds or list(range(100, 100 + K))
+    drops = dropout if isinstance(dropout, list) else [dropout] * K
+    return ModelSpec(branches=branches or {k: (k,) for k in DIMS}, dims=DIMS, n_classes=n_classes,
+                     n_valence=n_valence, hidden=hidden, dropout=drops,
+                     init_generators=[torch.Generator().manual_seed(s) for s in seeds],
+                     drop_generators=[torch.Generator().manual_seed(s + 1) for s in seeds])
+
+
+def inputs(K: int, n: int, shared: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(*(() if shared else (K,)), n, d, generator=g) for k, d in DIMS.items()}
+
+
+# ------------------------------------------------------------------ MERTools' attention_topn, as it is written
+class _MLPEncoder(nn.Module):
+    def __init__(self, i: int, h: int, p: float) -> None:
+        super().__init__()
+        self.drop, self.linear_1, self.linear_2, self.linear_3 = nn.Dropout(p), nn.Linear(i, h), nn.Linear(h, h), nn.Linear(h, h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.linear_3(F.relu(self.linear_2(F.relu(self.linear_1(self.drop(x)))))))
+
+
+class RefAttentionTopN(nn.Module):
+    """MERTools toolkit/models/attention_topn.py, layer by layer (a reference for the batched model)."""
+
+    def __init__(self, dims: list[int], hidden: int, dropout: float, n_classes: int, n_valence: int) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList([_MLPEncoder(d, hidden, dropout) for d in dims])
+        self.attention_mlp = _MLPEncoder(hidden * len(dims), hidden, dropout)
+        self.fc_att = nn.Linear(hidden, len(dims))
+        self.fc_out_1 = nn.Linear(hidden, n_classes)
+        self.fc_out_2 = nn.Linear(hidden, n_valence)
+
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hiddens = [e(x) for e, x in zip(self.encoders, xs)]
+        att = self.fc_att(self.attention_mlp(torch.cat(hiddens, dim=1))).unsqueeze(2)
+        fused = torch.matmul(torch.stack(hiddens, dim=2), att).squeeze(2)
+        return self.fc_out_1(fused), self.fc_out_2(fused)
+
+
+def test_attention_shapes_with_and_without_valence_and_shared_inputs() -> None:
+    m = build_model("attention", spec(K=3)).eval()
+    out = m(inputs(3, 7))
+    assert out["emotion"].shape == (3, 7, 6) and out["valence"].shape == (3, 7) and out["attention"].shape == (3, 7, 3)
+    out_shared = m(inputs(3, 7, shared=True))  # one set of rows for every model (test splits)
+    assert out_shared["emotion"].shape == (3, 7, 6)
+    m2 = build_model("attention", spec(K=2, n_valence=0)).eval()
+    out2 = m2(inputs(2, 5))
+    assert "valence" not in out2 and out2["emotion"].shape == (2, 5, 6)
+    m3 = build_model("attention", spec(K=2, n_classes=0)).eval()  # sentiment: regression head only
+    out3 = m3(inputs(2, 5))
+    assert "emotion" not in out3 and out3["valence"].shape == (2, 5)
+
+
+def test_mlp_shapes_and_registry() -> None:
+    m = build_model("mlp", spec(K=2, branches={"a": ("a",)})).eval()
+    out = m(inputs(2, 4))
+    assert out["emotion"].shape == (2, 4, 6) and out["valence"].shape == (2, 4)
+    assert {"attention", "mlp"} <= set(available_models())
+    with pytest.raises(UnknownNameError, match="attention"):
+        model_class("atention")
+
+
+def test_adding_a_model_is_one_registered_class() -> None:
+    @register("test-linear-probe")
+    class Probe(BatchedModel):
+        def __init__(self, spec: ModelSpec) -> None:
+            super().__init__(spec)
+            self.feats = [p for ps in spec.branches.values() for p in ps]
+            self.linear("out", [spec.dims[p] for p in self.feats], spec.n_classes, data=True)
+
+        def forward(self, inputs, masks=None):
+            return {"emotion": self.apply_data_linear("out", [inputs[p] for p in self.feats])}
+
+    m = build_model("test-linear-probe", spec(K=2)).eval()
+    assert m(inputs(2, 3))["emotion"].shape == (2, 3, 6)
+
+
+def test_initialisation_equals_mertools_module_built_after_manual_seed() -> None:
+    """Model k built from generator seed s starts from the weights nn.Linear draws after torch.manual_seed(s)."""
+    seeds = [11, 22]
+    m = build_model("attention", spec(K=2, seeds=seeds, dropout=0.0)).eval()
+    x = inputs(2, 9)
+    out = m(x)
+    for k, s in enumerate(seeds):
+        torch.manual_seed(s)
+        ref = RefAttentionTopN(list(DIMS.values()), 16, 0.0, 6, 1).eval()
+        assert torch.equal(ref.encoders[0].linear_1.weight.t(), m.enc0_1_w0[k])
+        assert torch.equal(ref.fc_out_2.bias, m.fc_out_2_b[k, 0])
+        e, v = ref([x[n][k] for n in DIMS])
+        assert torch.allclose(e, out["emotion"][k], atol=1e-6) and torch.allclose(v[:, 0], out["valence"][k], atol=1e-6)
+
+
+def test_no_softmax_by_default_softmax_option_normalises() -> None:
+    x = inputs(2, 5)
+    w = build_model("attention", spec(K=2)).eval()(x)["attention"]
+    assert not torch.allclose(w.sum(-1), torch.ones(2, 5))  # MERTools' raw weights
+    ws = build_model("attention", spec(K=2), softmax=True).eval()(x)["attention"]
+    assert torch.allclose(ws.sum(-1), torch.ones(2, 5)) and (ws > 0).all()
+
+
+def test_missing_branch_contributes_nothing() -> None:
+    m = build_model("attention", spec(K=2), softmax=True).eval()
+    x = inputs(2, 4)
+    masks = {"t": torch.tensor([1.0, 0.0, 1.0, 0.0])}
+    out = m(x, masks)
+    assert torch.all(out["attention"][:, [1, 3], 1] == 0) and torch.all(out["attention"][:, [0, 2], 1] > 0)
+    x2 = {k: v.clone() for k, v in x.items()}
+    x2["t"][:, [1, 3]] = 123.0  # whatever a missing row holds is ignored
+    assert torch.allclose(m(x2, masks)["emotion"], out["emotion"])
+
+
+def test_dropout_rate_and_per_model_independence() -> None:
+    s = spec(K=3, dropout=[0.5, 0.3, 0.0])
+    m = build_model("attention", s).train()
+    keep = m.keep_mask(64, 500)
+    rates = 1 - keep.mean(dim=(1, 2))
+    assert abs(rates[0] - 0.5) < 0.01 and abs(rates[1] - 0.3) < 0.01 and rates[2] == 0
+    assert set(torch.unique(keep).tolist()) <= {0.0, 1.0}
+    # model 0 alone draws the same mask as inside the batch of three
+    alone = build_model("attention", spec(K=1, dropout=[0.5], seeds=[100])).train()
+    assert torch.equal(alone.keep_mask(64, 500)[0], keep[0])
+    assert not math.isclose(float((keep[0] == keep[1]).float().mean()), 1.0)

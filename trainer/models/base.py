@@ -1,0 +1,238 @@
+"""The base of every batched model: K-stacked linear layers initialised per model, per-model dropout masks.
+
+Each of the K models owns two generators: `init_generators[k]` (CPU; initialisation, then the trainer's
+minibatch permutations) and `drop_generators[k]` (on the model's device; dropout masks). A model's numbers
+never depend on which other models share its batch, so K models trained together equal K trained alone.
+
+Initialisation is `nn.Linear`'s (kaiming-uniform weights with a=sqrt(5), uniform biases in +-1/sqrt(fan_in)),
+drawn layer after layer in construction order: a model built from generator seed s starts from the same
+weights as the MERTools module built after `torch.manual_seed(s)`.
+
+Dropout: an element is kept when a uniform random integer clears a threshold -- 8 bits when p is a multiple of
+1/256 (p = 0.5 is exact), 16 bits otherwise (p within 8e-6 of the nominal value). Raw random bytes cost ~0.5 ns
+each against ~6 ns a float from `torch.rand` on these CPUs, and the input dropout of the first layers draws ~1M
+numbers a step when K = 5. The keep-mask is made in float arithmetic, clamp(u - thr + 1, 0, 1), which is 2-3x
+faster than a comparison to a bool tensor and multiplication by it.
+
+Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are
+masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
+straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost milliseconds on
+these virtual machines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelSpec:
+    """What a batched model needs to know: branches, input sizes, heads, K and each model's randomness."""
+
+    branches: dict[str, tuple[str, ...]]     # branch name -> feature names concatenated into its input
+    dims: dict[str, int]                     # feature name -> input dimension
+    n_classes: int                           # emotion classes (0: no emotion head, e.g. sentiment datasets)
+    n_valence: int                           # 1: a valence (or sentiment) regression head, 0: none
+    hidden: int
+    dropout: Sequence[float]                 # per model
+    init_generators: Sequence[torch.Generator]   # per model, CPU
+    drop_generators: Sequence[torch.Generator]   # per model, on `device`
+    device: str | torch.device = "cpu"
+
+    @property
+    def n_models(self) -> int:
+        return len(self.dropout)
+
+
+class _DataLinear(torch.autograd.Function):
+    """y = (x @ W) * scale + b for a data input x [K, n, D] (no gradient). dW is written into W.grad in place
+    (a persistent buffer), so autograd never allocates nor accumulates it; returning None for W is deliberate.
+    Under autocast (bf16) the products run in the autocast dtype and dW is stored back in float32."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None,
+                grad_buf: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        with torch.autocast(dev, enabled=False):
+            y = torch.bmm(x.to(dt), w.to(dt)).float() if dt is not None else torch.bmm(x, w)
+            out = torch.addcmul(b, y, scale) if scale is not None else y.add_(b)
+        ctx.save_for_backward(x, scale if scale is not None else torch.empty(0))
+        ctx.has_scale, ctx.grad_buf, ctx.dt = scale is not None, grad_buf, dt
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, scale = ctx.saved_tensors
+        g = g.float()
+        gb = g.sum(dim=1, keepdim=True)
+        if ctx.has_scale:
+            g = g * scale
+        if ctx.dt is None:
+            torch.bmm(x.transpose(1, 2), g, out=ctx.grad_buf)
+        else:
+            ctx.grad_buf.copy_(torch.bmm(x.transpose(1, 2).to(ctx.dt), g.to(ctx.dt)))
+        return None, None, gb, None, None
+
+
+class BatchedModel(nn.Module):
+    """K independent models in one module. Subclasses build layers with `linear()` and drop with `drop()`."""
+
+    name = "base"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if not (len(spec.dropout) == len(spec.init_generators) == len(spec.drop_generators)) or not spec.dropout:
+            raise ValueError("ModelSpec: dropout, init_generators and drop_generators need one entry per model")
+        self.spec = spec
+        self.K = spec.n_models
+        self.device = torch.device(spec.device)
+        self.active: list[bool] | None = None   # set by the trainer: models that take this step (None: all)
+        self._p = [float(p) for p in spec.dropout]
+        for p in self._p:
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self._scale = torch.tensor([1.0 / (1.0 - p) for p in self._p], dtype=torch.float32,
+                                   device=self.device).view(-1, 1, 1)
+        # per model, so that a model's random stream never depends on the others in its batch
+        self._bits = [8 if float(p * 256).is_integer() else 16 for p in self._p]
+        # keep iff u >= thr  <=>  clamp(u - (thr - 1), 0, 1) == 1   (u an integer held exactly in float32)
+        self._thr_m1 = torch.tensor([round(p * (1 << b)) + (0 if b == 8 else -(1 << 15)) - 1
+                                     for p, b in zip(self._p, self._bits)], dtype=torch.float32,
+                                    device=self.device).view(-1, 1)
+        self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
+
+    # ------------------------------------------------------------------ layers
+    def linear(self, name: str, in_dims: Sequence[int], out: int, data: bool = False) -> None:
+        """Register K stacked Linear layers: weights `{name}_w{i}` [K, in_i, out] per input part, bias
+        `{name}_b` [K, 1, out]. One nn.Linear(sum(in_dims), out) per model, its columns split by part.
+        data=True: the layer reads data inputs (see `apply_data_linear`)."""
+        fan_in = int(sum(in_dims))
+        ws = [torch.empty(self.K, d, out) for d in in_dims]
+        b = torch.empty(self.K, 1, out)
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        for k, g in enumerate(self.spec.init_generators):
+            w = torch.empty(out, fan_in)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+            bk = torch.empty(out)
+            nn.init.uniform_(bk, -bound, bound, generator=g)
+            start = 0
+            for wi, d in zip(ws, in_dims):
+                wi[k].copy_(w[:, start:start + d].t())
+                start += d
+            b[k, 0].copy_(bk)
+        for i, wi in enumerate(ws):
+            p = nn.Parameter(wi.to(self.device))
+            self.register_parameter(f"{name}_w{i}", p)
+            if data:
+                p.grad = torch.zeros_like(p)
+                p._direct_grad = True  # type: ignore[attr-defined]
+                self.data_weights.append(f"{name}_w{i}")
+        self.register_parameter(f"{name}_b", nn.Parameter(b.to(self.device)))
+
+    def apply_linear(self, name: str, xs: Sequence[torch.Tensor], scale: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_i xs[i] @ W_i (times `scale` per model) + b. xs: [K, n, in_i] or [n, in_i] (shared by every model)."""
+        b = getattr(self, f"{name}_b")
+        if scale is None and len(xs) == 1 and xs[0].dim() == 3:
+            return torch.baddbmm(b, xs[0], getattr(self, f"{name}_w0"))
+        acc: torch.Tensor | None = None
+        for i, x in enumerate(xs):
+            w = getattr(self, f"{name}_w{i}")
+            y = torch.bmm(x, w) if x.dim() == 3 else torch.matmul(x, w)
+            acc = y if acc is None else acc + y
+        assert acc is not None
+        if scale is not None:
+            return torch.addcmul(b, acc, scale)
+        return acc + b
+
+    def apply_data_linear(self, name: str, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The first layer of an encoder over data inputs, input dropout included (masks drawn per part)."""
+        if not (self.training and torch.is_grad_enabled()) or any(x.dim() != 3 for x in xs):
+            return self.apply_linear(name, xs)   # evaluation: no dropout, plain (possibly shared) matmul
+        b = getattr(self, f"{name}_b")
+        scale = self._scale if any(self._p) else None
+        out: torch.Tensor | None = None
+        for i, x in enumerate(xs):
+            w = getattr(self, f"{name}_w{i}")
+            if scale is not None:
+                keep = self.keep_mask(x.shape[1], x.shape[2])
+                x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
+            zero_b = b if out is None else torch.zeros_like(b)
+            y = _DataLinear.apply(x, w, zero_b, scale, w.grad)
+            out = y if out is None else out + y
+        assert out is not None
+        return out
+
+    # ------------------------------------------------------------------ dropout
+    def _buffer(self, tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (tag, shape)
+        buf = self._buffers_cache.get(key)
+        if buf is None or buf.dtype != dtype:
+            buf = torch.empty(shape, dtype=dtype, device=self.device)
+            self._buffers_cache[key] = buf
+        return buf
+
+    def keep_mask(self, n: int, d: int, tag: str = "mask") -> torch.Tensor | None:
+        """[K, n, d] float32 keep-mask (1 = kept) for this step, each model's drawn from its own generator.
+
+        Only active models draw (a model idle at this step consumes nothing); the mask is a reused buffer,
+        valid until the next call with the same tag and shape."""
+        if not self.training or not any(self._p):
+            return None
+        K, numel = self.K, n * d
+        words = [(numel * (b // 8) + 7) // 8 for b in self._bits]
+        raw = self._buffer("raw", (K, max(words)), torch.int64)
+        active = self.active if self.active is not None else [True] * K
+        for k in range(K):
+            if active[k] and self._p[k] > 0:
+                raw[k, :words[k]].random_(-(2**63), None, generator=self.spec.drop_generators[k])
+        mask = self._buffer(tag, (K, numel), torch.float32)
+        if len(set(self._bits)) == 1:
+            mask.copy_(raw.view(torch.uint8 if self._bits[0] == 8 else torch.int16)[:, :numel])
+        else:
+            for k in range(K):
+                mask[k].copy_(raw[k].view(torch.uint8 if self._bits[k] == 8 else torch.int16)[:numel])
+        mask.sub_(self._thr_m1).clamp_(0.0, 1.0)
+        for k in range(K):
+            if self._p[k] == 0:
+                mask[k].fill_(1.0)
+        return mask.view(K, n, d)
+
+    def drop(self, h: torch.Tensor) -> torch.Tensor:
+        """Dropout on an activation [K, n, d] (differentiable, scaled by 1/(1-p))."""
+        keep = self.keep_mask(h.shape[1], h.shape[2], tag="hmask")
+        if keep is None:
+            return h
+        return h * (keep * self._scale)
+
+    def forward(self, inputs: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MLPEncoderMixin:
+    """MERTools' MLPEncoder, batched: dropout on the input, then three Linear+ReLU layers to `hidden`."""
+
+    def mlp_encoder(self: BatchedModel, name: str, in_dims: Sequence[int], hidden: int,  # type: ignore[misc]
+                    data: bool = True) -> None:
+        self.linear(f"{name}_1", in_dims, hidden, data=data)
+        self.linear(f"{name}_2", [hidden], hidden)
+        self.linear(f"{name}_3", [hidden], hidden)
+
+    def run_encoder(self: BatchedModel, name: str, xs: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[misc]
+        """xs: data inputs ([K, n, D] or [n, D]) that the model may mask in place."""
+        h = torch.relu(self.apply_data_linear(f"{name}_1", xs))
+        h = torch.relu(self.apply_linear(f"{name}_2", [h]))
+        return torch.relu(self.apply_linear(f"{name}_3", [h]))
+
+    def run_hidden_encoder(self: BatchedModel, name: str, h: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
+        """The same encoder over an activation (dropout differentiable)."""
+        h = torch.relu(self.apply_linear(f"{name}_1", [self.drop(h)]))
+        h = torch.relu(self.apply_linear(f"{name}_2", [h]))
+        return torch.relu(self.apply_linear(f"{name}_3", [h]))

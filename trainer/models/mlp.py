@@ -1,0 +1,35 @@
+"""MLP for unimodal (or early-fusion) experiments: the attention model's encoder and heads, no fusion.
+
+MLPEncoder(sum of the input dims, hidden) -- dropout on the input, three Linear+ReLU layers -- then the
+emotion head (and the valence head when the dataset has valence). Several branches are concatenated into the
+one input (the weights are split by part, so no concatenated copy of the features is made).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.models import register
+from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
+
+
+@register("mlp")
+class MLP(MLPEncoderMixin, BatchedModel):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.parts = [p for parts in spec.branches.values() for p in parts]
+        self.mlp_encoder("enc0", [spec.dims[p] for p in self.parts], spec.hidden)
+        if spec.n_classes:
+            self.linear("fc_out_1", [spec.hidden], spec.n_classes)
+        if spec.n_valence:
+            self.linear("fc_out_2", [spec.hidden], spec.n_valence)
+
+    def forward(self, inputs: dict[str, torch.Tensor],
+                masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        h = self.run_encoder("enc0", [inputs[p] for p in self.parts])
+        out = {"features": h}
+        if self.spec.n_classes:
+            out["emotion"] = self.apply_linear("fc_out_1", [h])
+        if self.spec.n_valence:
+            out["valence"] = self.apply_linear("fc_out_2", [h])[..., 0]
+        return out
