@@ -13,7 +13,7 @@ in the same run: every pass must produce arrays identical to the in-process buil
 
     .venv/bin/python benchmarks/dask_scaling.py                 # 96 clips, 3 passes per side
     .venv/bin/python benchmarks/dask_scaling.py --n 24 --repeats 1   # smoke run
-    .venv/bin/python benchmarks/dask_scaling.py --wait-idle 0.5      # on a shared machine: each pass waits for quiet
+    .venv/bin/python benchmarks/dask_scaling.py --wait-idle 0.9      # on a shared machine: each pass waits for quiet
 """
 
 from __future__ import annotations
@@ -75,12 +75,24 @@ def corpus(workdir: Path, n: int) -> Path:
     return path
 
 
-def wait_idle(limit: float | None, max_wait: float) -> str:
-    """Wait (up to max_wait s) until the 1-minute load average is below `limit`; return the load seen."""
+def _cpu_idle(seconds: float) -> float:
+    """Fraction of all CPUs idle over the next `seconds` (from /proc/stat)."""
+    def snap() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[3] + f[4], sum(f)          # idle + iowait, total
+    i0, t0 = snap()
+    time.sleep(seconds)
+    i1, t1 = snap()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(min_idle: float | None, max_wait: float) -> str:
+    """Wait (up to max_wait s) until the CPUs are at least `min_idle` idle over 5 s; return what was seen."""
     t = time.monotonic()
-    while limit is not None and os.getloadavg()[0] >= limit and time.monotonic() - t < max_wait:
-        time.sleep(5)
-    return f"{os.getloadavg()[0]:.2f}"
+    idle = _cpu_idle(1.0)
+    while min_idle is not None and idle < min_idle and time.monotonic() - t < max_wait:
+        idle = _cpu_idle(5.0)
+    return f"{idle:.0%} idle"
 
 
 def one_pass(root: Path, store_path: Path, workers: int | None, opts: BuildOptions) -> tuple[float, float, FeatureStore]:
@@ -107,8 +119,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="passes per side (1 and 2 workers)")
     ap.add_argument("--rows-per-chunk", type=int, default=8)
     ap.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "_work" / "dask_scaling")
-    ap.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
-                    help="before each pass, wait until the 1-min load average is below LOAD (shared machines)")
+    ap.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
+                    help="before each pass, wait until the CPUs are this idle over 5 s, e.g. 0.9 (shared machines)")
     ap.add_argument("--max-wait", type=float, default=600.0, help="longest wait for --wait-idle, seconds")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +144,7 @@ def main() -> None:
             times[w].append(secs)
             starts[w].append(start)
             print(f"pass {rep + 1}: {w} worker(s): build {secs:.2f} s (cluster start {start:.2f} s; "
-                  f"load before {load}, after {os.getloadavg()[0]:.2f})", flush=True)
+                  f"before: {load}; load average after {os.getloadavg()[0]:.2f})", flush=True)
     print(f"after: {uptime()}")
     n = args.n
     med = {w: statistics.median(v) for w, v in times.items()}

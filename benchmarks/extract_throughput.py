@@ -23,9 +23,13 @@ the baseline rows cast to float16.
 
 Timing: wall clock of each pass, the same `torch.set_num_threads` for all passes; a forward hook on the
 model and one on its conv front end split encoder time into conv front end vs transformer and count
-padding. The machine may be shared: with --rounds R every configuration runs R times in ABBA order and
-the tables report each one's best (least disturbed) run, listing all runs; with one round the baseline
-runs before and after the featstore passes (unless --no-bracket) to expose drift.
+padding. The machine may be shared, so other load can land on one side only: with --blocks K the clips
+are split into K blocks and the configurations alternate block by block (ABBA; each featstore block is
+its own dataset and partition, so bucketing sees only that block), each configuration's time being the
+sum over blocks; with --rounds R everything runs R times and the tables report each configuration's
+best (least disturbed) total, listing all; with one round and one block the baseline runs before and
+after the featstore passes (unless --no-bracket) to expose drift. "CPU use" (process CPU seconds /
+wall seconds) shows how much of the machine a pass actually got.
 
     .venv/bin/python benchmarks/extract_throughput.py             # 100 clips, HuBERT-base size
     .venv/bin/python benchmarks/extract_throughput.py --quick     # 20 clips, a small model (smoke run)
@@ -269,9 +273,9 @@ def baseline_pass(enc: Any, probe: Probe, ids: list[str], paths: list[str], name
 
 def featstore_pass(store: FeatureStore, enc: Any, probe: Probe, index: DatasetIndex, batch_size: int,
                    max_batch_seconds: float, decode_workers: int, tag: str) -> Pass:
-    """featstore's build path: run_partition over all rows (one 128-row chunk = one partition)."""
+    """featstore's build path: run_partition over all rows of `index` (<= 128 rows: one chunk, one partition)."""
     n = len(index)
-    key = KeyName(DATASET, f"hubert-{tag}", "clean")
+    key = KeyName(index.name, f"hubert-{tag}", "clean")
     fa = store.create_key(key, layers=enc.spec.n_stored_layers, dim=enc.spec.dim, dtype="float16",
                           spec={"bench": tag}, spec_hash=f"bench-{tag}", rows_per_chunk=128, overwrite=True)
     captured: dict[str, np.ndarray] = {}
@@ -296,6 +300,16 @@ def featstore_pass(store: FeatureStore, enc: Any, probe: Probe, index: DatasetIn
     stored = store.open_key(key).read()
     return Pass("featstore", f"batch {batch_size}, {max_batch_seconds:g} s", wall, cpu_seconds() - c0, first, enc_s,
                 captured["values"], list(probe.forwards), probe.conv_s, stored, [b for _, _, b in timed.calls])
+
+
+def combine(parts: list[Pass]) -> Pass:
+    """One configuration's passes over consecutive blocks of clips, as one pass over all of them."""
+    p = parts[0]
+    stored = None if p.stored is None else np.concatenate([q.stored for q in parts])  # type: ignore[misc]
+    return Pass(p.name, p.setting, sum(q.wall for q in parts), sum(q.cpu for q in parts),
+                sum(q.decode for q in parts), sum(q.encode for q in parts), np.concatenate([q.rows for q in parts]),
+                [f for q in parts for f in q.forwards], sum(q.conv_s for q in parts), stored,
+                [b for q in parts for b in q.batches])
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -413,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads for every pass")
     ap.add_argument("--group-norm", action="store_true",
                     help="also measure a base-layout (group-norm) model: baseline vs the first setting")
+    ap.add_argument("--blocks", type=int, default=1,
+                    help="split the clips into this many blocks and alternate the configurations block by block "
+                         "(each featstore block is its own dataset and partition); totals are summed over blocks")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat every configuration this many times (ABBA order); tables report the best run")
     ap.add_argument("--no-bracket", action="store_true",
@@ -449,11 +466,16 @@ def main(argv: list[str] | None = None) -> int:
         ids, paths, durations = write_clips(work, n, args.seed, args.min_s, args.max_s)
         print(f"# {n} clips ({durations.sum():.0f} s of audio, {args.min_s:g}-{args.max_s:g} s each) in {work / 'clips'} "
               f"({time.perf_counter() - t:.1f} s to write or reuse)", flush=True)
-        index = DatasetIndex(name=DATASET, root=str(work), ids=ids, media=paths, text=[None] * n)
         store_path = work / "store.zarr"
         shutil.rmtree(store_path, ignore_errors=True)
         store = FeatureStore(store_path, create=True)
-        store.put_dataset(DATASET, ids)
+        blocks = [list(b) for b in np.array_split(np.arange(n), args.blocks) if len(b)]
+        indexes = []
+        for k, rows in enumerate(blocks):
+            name = DATASET if len(blocks) == 1 else f"{DATASET}{k}"
+            indexes.append(DatasetIndex(name=name, root=str(work), ids=[ids[i] for i in rows],
+                                        media=[paths[i] for i in rows], text=[None] * len(rows)))
+            store.put_dataset(name, indexes[-1].ids)
         layouts = ["layer"] + (["group"] if args.group_norm else [])
         outputs = []
         all_ok = True
@@ -474,21 +496,32 @@ def main(argv: list[str] | None = None) -> int:
             passes: list[Pass] = []
             print(f"## {model_name}", flush=True)
             configs: list[tuple[int, float] | None] = [None] + (settings if layout == "layer" else settings[:1])
+            step = 0
             for r in range(args.rounds):
-                order = configs if r % 2 == 0 else configs[::-1]       # ABBA order across rounds cancels drift
-                if args.rounds == 1 and not args.no_bracket:
-                    order = configs + [None]                             # one round: baseline before and after
-                for cfg in order:
-                    idle = wait_idle(args.wait_idle, args.max_wait) if args.wait_idle else None
-                    if cfg is None:
-                        passes.append(baseline_pass(enc, probe, ids, paths))
-                    else:
-                        b, s = cfg
-                        passes.append(featstore_pass(store, enc, probe, index, b, s, args.decode_workers,
-                                                     f"{layout}-{b}x{s:g}"))
-                    print(f"#   round {r + 1}: {passes[-1].name} {passes[-1].setting}: {passes[-1].wall:.1f} s "
-                          f"(CPU use {passes[-1].cpu / passes[-1].wall:.2f}, load {os.getloadavg()[0]:.2f}"
-                          f"{'' if idle is None else f', idle cores at start {idle:.2f}'})", flush=True)
+                by_cfg: dict[int, list[Pass]] = {}
+                for k, (rows, idx) in enumerate(zip(blocks, indexes)):
+                    order = list(range(len(configs)))
+                    if step % 2:
+                        order = order[::-1]                           # ABBA order across blocks and rounds
+                    step += 1
+                    if args.rounds == 1 and len(blocks) == 1 and not args.no_bracket:
+                        order = order + [0]                           # one run: baseline before and after
+                    for c in order:
+                        cfg = configs[c]
+                        idle = wait_idle(args.wait_idle, args.max_wait) if args.wait_idle else None
+                        if cfg is None:
+                            part = baseline_pass(enc, probe, [ids[i] for i in rows], [paths[i] for i in rows])
+                        else:
+                            b, s = cfg
+                            part = featstore_pass(store, enc, probe, idx, b, s, args.decode_workers, f"{layout}-{b}x{s:g}")
+                        if c in by_cfg and len(by_cfg[c]) > k:            # the bracketing baseline: its own pass
+                            passes.append(part)
+                        else:
+                            by_cfg.setdefault(c, []).append(part)
+                        print(f"#   round {r + 1} block {k + 1}/{len(blocks)}: {part.name} {part.setting}: "
+                              f"{part.wall:.1f} s (CPU use {part.cpu / part.wall:.2f}, load {os.getloadavg()[0]:.2f}"
+                              f"{'' if idle is None else f', idle cores at start {idle:.2f}'})", flush=True)
+                passes.extend(combine(by_cfg[c]) for c in range(len(configs)))
             probe.close()
             table, summary = pass_table(model_name, passes, n, audio_s, torch.get_num_threads())
             checks, ok = check_table(passes)
@@ -517,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             batches = make_batches(lengths, b, s * SR)
             padded = sum(len(g) * max(lengths[i] for i in g) for g in batches)
             print(f"# make_batches {b}x{s:g}: {len(batches)} batches, padding {100 * (1 - sum(lengths) / padded):.1f}% "
-                  f"of padded samples (before recipe windows)")
+                  f"of padded samples (all clips in one partition, before recipe windows)")
         print(f"# load average during the run: min {load[0]:.2f}, mean {load[1]:.2f}, max {load[2]:.2f} "
               f"(nproc {os.cpu_count()}); total {time.perf_counter() - t_all:.0f} s")
         print(f"# correctness: {'all featstore rows within 1e-4 of the baseline' if all_ok else 'FAILED'}")

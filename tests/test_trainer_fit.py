@@ -224,3 +224,28 @@ def test_bad_protocols_are_refused(feats: FeatureSet) -> None:
         run_experiment(feats, "attention", FAST.replace(folds="logo"))
     with pytest.raises(ValueError, match="does not take option"):
         run_experiment(feats, "mlp", FAST, {"softmax": True})
+
+
+def test_bf16_progress_and_results_database_rows(feats: FeatureSet, tmp_path: Path) -> None:
+    from trainer.record import record, result_rows
+    from trainer.results import ResultsDB
+
+    events: list[str] = []
+    res = run_experiment(feats, "attention", FAST.replace(epochs=2, bf16=True), [{}, {"hidden": 8}],
+                         progress=lambda ev, info: events.append(ev))
+    assert np.isfinite(res.test_outputs[(1, 0, "test1")].emotion).all()
+    assert events.count("group") == 2 and events.count("epoch") == 4  # two hidden sizes: two batched modules
+    db = ResultsDB(tmp_path / "r.sqlite")
+    rows = result_rows(res)
+    assert record(db, res) == len(rows) and record(db, res) == 0  # no duplicates on a rerun
+    hashes = sorted({r["config_hash"] for r in rows})
+    assert len(hashes) == 2 and db.done_trials(hashes, [0]) == {(h, 0) for h in hashes}
+
+
+def test_bad_configs_are_one_line_errors(feats: FeatureSet) -> None:
+    from featstore.errors import FeatstoreError
+
+    with pytest.raises(FeatstoreError, match="dropout"):
+        run_experiment(feats, "attention", FAST, {"dropout": 1.0})
+    with pytest.raises(FeatstoreError, match="fusion model 'atention'"):
+        run_experiment(feats, "atention", FAST)

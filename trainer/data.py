@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -309,7 +308,7 @@ def _read(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray,
     """float32 [n, D] of `rows` (rows not `needed` or not done: zeros), availability [n], spec hash, D."""
     fa = fs.open_key(key)  # MissingKeyError naming the build command
     done_all = fa.done_mask()
-    L, D = int(fa.shape[1]), int(fa.shape[2])
+    D = int(fa.shape[2])
     want = rows[needed]
     out = np.zeros((len(rows), D), np.float32)
     if len(want):
@@ -329,5 +328,4 @@ def _read(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray,
         out[needed] = block
     avail = np.zeros(len(rows), bool)
     avail[needed] = done_all[want]
-    del L
     return torch.from_numpy(out), torch.from_numpy(avail), str(fa.attrs.get("spec_hash", "")), D

@@ -13,7 +13,6 @@ The loop (MERTools main-release.py `train_or_eval_model`, without its per-epoch 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -32,10 +31,10 @@ from trainer.metrics import Scores, score
 from trainer.models import build_model, model_class
 from trainer.models.base import ModelSpec
 from trainer.optim import BatchedAdam
-from trainer.protocol import HYPER, Fold, Plan, Protocol
+from trainer.protocol import HYPER, Fold, Plan, Protocol, ProtocolError
 
 Progress = Callable[[str, dict[str, Any]], None]
-EVAL_CHUNK_BYTES = 64 << 20       # inputs gathered at once for a forward pass without gradients
+EVAL_CHUNK_BYTES = 16 << 20       # inputs gathered at once for a forward pass without gradients
 MODEL_BUDGET_BYTES = 2 << 30      # parameters + gradients + Adam state + best copy of one batched module
 
 
@@ -98,30 +97,6 @@ class ExperimentResult:
             d["n"] = rs[0]["n"]
             table.append(d)
         return table
-
-    def trial(self, config: int = 0) -> dict[str, Any]:
-        """Everything that defines one config's trial (for `trainer.results.config_hash`): dataset, features and
-        their store spec hashes, fusion, hyper-parameters and the protocol -- not seeds, threads or device."""
-        proto = {k: v for k, v in self.protocol.as_dict().items() if k not in ("seeds", "threads", "device")}
-        return {"dataset": self.dataset, "features": self.features, "feature_hashes": self.feature_hashes,
-                "branches": self.branches, "fusion": self.fusion, "hyper": self.configs[config], "protocol": proto}
-
-    def db_rows(self, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
-        """The rows in the shape of `trainer.results.COLUMNS` (config_hash per config from `trial()`)."""
-        from trainer.results import config_hash
-
-        hashes = [config_hash(self.trial(c)) for c in range(len(self.configs))]
-        out = []
-        for r in self.rows:
-            hyper = self.configs[r["config"]]
-            out.append({"config_hash": hashes[r["config"]], "dataset": self.dataset, "mode": self.protocol.mode,
-                        "preset": preset, "fusion": self.fusion, "features": self.features,
-                        "feature_hashes": self.feature_hashes, "test_corruption": test_corruption, "hyper": hyper,
-                        **{k: hyper.get(k) for k in ("hidden", "lr", "dropout", "weight_decay")},
-                        "epochs": self.protocol.epochs, "batch_size": self.protocol.batch_size,
-                        **{k: r[k] for k in ("fold", "seed", "split", "acc", "waf", "mse", "score", "n",
-                                             "best_epoch", "seconds")}})
-        return out
 
     def best_config(self, split: str = "cv", metric: str = "score") -> int:
         """Index of the config with the best mean `metric` on `split` (cv by default: never a test split)."""
@@ -196,7 +171,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     if selection == "waf-0.25mse" and not has_valence:
         selection = "waf"
     if selection == "sentiment" and not has_valence:
-        raise ValueError(f"dataset {features.dataset}: sentiment selection needs sentiment labels on training rows")
+        raise ProtocolError(f"dataset {features.dataset}: sentiment selection needs sentiment labels on training rows")
     warnings = list(features.warnings)
     for s, pl in plans.items():
         warnings.extend(pl.notes)
@@ -245,12 +220,17 @@ def normalise_configs(configs: Sequence[dict[str, Any]] | dict[str, Any] | None,
     out = []
     for c in configs:
         full = {**protocol.hyper(), **dict(c)}
-        full["hidden"] = int(full["hidden"])
-        for k in ("dropout", "lr", "weight_decay"):
-            full[k] = float(full[k])
+        try:
+            full["hidden"] = int(full["hidden"])
+            for k in ("dropout", "lr", "weight_decay"):
+                full[k] = float(full[k])
+        except (TypeError, ValueError):
+            raise ProtocolError(f"config {dict(c)}: hidden, dropout, lr and weight_decay must be numbers") from None
+        if full["hidden"] < 1 or not 0 <= full["dropout"] < 1 or full["lr"] <= 0 or full["weight_decay"] < 0:
+            raise ProtocolError(f"config {dict(c)}: needs hidden >= 1, 0 <= dropout < 1, lr > 0, weight_decay >= 0")
         out.append(full)
     if not out:
-        raise ValueError("no configs given")
+        raise ProtocolError("no configs given")
     return out
 
 
@@ -351,7 +331,7 @@ class _GroupTrainer:
         try:
             self.model = build_model(fusion, spec, **jobs[0].options)
         except TypeError as exc:
-            raise ValueError(f"fusion '{fusion}' does not take option(s) {sorted(jobs[0].options)}: {exc}") from None
+            raise ProtocolError(f"fusion '{fusion}' does not take option(s) {sorted(jobs[0].options)}: {exc}") from None
         self.params = list(self.model.parameters())
         self.opt = BatchedAdam(self.params, [j.hyper["lr"] for j in jobs], [j.hyper["weight_decay"] for j in jobs])
         self.feature_names = list(fs.features)
@@ -378,8 +358,8 @@ class _GroupTrainer:
                     inv[k, 0] = torch.where(sd > 0, 1.0 / sd, torch.ones_like(sd)).float()
                 self.std[name] = (mu, inv)
         d_total = sum(f.dim for f in fs.features.values())
-        self.eval_chunk = int(max(16, min(8192, EVAL_CHUNK_BYTES // max(1, 4 * K * d_total))))
-        self._xbuf: dict[str, torch.Tensor] = {}
+        self.eval_chunk = int(max(32, min(8192, EVAL_CHUNK_BYTES // max(1, 4 * K * d_total))))
+        self._xbuf: dict[tuple[str, str, int], torch.Tensor] = {}
         self.autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if protocol.bf16
                          else contextlib.nullcontext())
         self.timings["setup"] += time.perf_counter() - t0
@@ -410,19 +390,20 @@ class _GroupTrainer:
         return (torch.from_numpy(idx.reshape(K, S, B)).to(self.device),
                 torch.from_numpy(w.reshape(K, S, B)).to(self.device), wv, steps)
 
-    def _gather(self, flat: torch.Tensor, n: int, test: bool, reuse: bool = False) -> dict[str, torch.Tensor]:
-        """Rows `flat` ([K * n]) of every feature as [K, n, D] (standardised in strict mode). reuse: gather into
-        buffers kept across training steps (the model never modifies its inputs)."""
+    def _gather(self, flat: torch.Tensor, n: int, test: bool, tag: str) -> dict[str, torch.Tensor]:
+        """Rows `flat` ([K * n]) of every feature as [K, n, D] (standardised in strict mode), gathered into
+        buffers kept across steps and epochs (the model never modifies its inputs; fresh multi-MB tensors
+        cost page faults every time)."""
         src = self.XT if test else self.X
         out = {}
         for name in self.feature_names:
-            if reuse:
-                buf = self._xbuf.get(name)
-                if buf is None or buf.shape[0] != flat.shape[0]:
-                    buf = self._xbuf[name] = torch.empty(flat.shape[0], src[name].shape[1], device=self.device)
-                x = torch.index_select(src[name], 0, flat, out=buf).view(self.K, n, -1)
-            else:
-                x = src[name].index_select(0, flat).view(self.K, n, -1)
+            key = (tag, name, int(flat.shape[0]))
+            buf = self._xbuf.get(key)
+            if buf is None:
+                if len(self._xbuf) > 64:
+                    self._xbuf.clear()
+                buf = self._xbuf[key] = torch.empty(flat.shape[0], src[name].shape[1], device=self.device)
+            x = torch.index_select(src[name], 0, flat, out=buf).view(self.K, n, -1)
             if self.std is not None:
                 mu, inv = self.std[name]
                 x = x.sub_(mu).mul_(inv)
@@ -442,7 +423,7 @@ class _GroupTrainer:
             all_active = bool(active.all())
             self.model.active = None if all_active else active.tolist()
             flat = idx[:, s].reshape(-1)
-            inputs = self._gather(flat, B, test=False, reuse=True)
+            inputs = self._gather(flat, B, test=False, tag="train")
             with self.autocast:
                 out = self.model(inputs)
             loss = None
@@ -477,7 +458,7 @@ class _GroupTrainer:
             ids = idx_t[:, c0:c0 + self.eval_chunk]
             n = ids.shape[1]
             flat = ids.reshape(-1)
-            inputs = self._gather(flat, n, test)
+            inputs = self._gather(flat, n, test, tag="eval")
             masks = {b: a.index_select(0, flat).view(K, n) for b, a in avail.items() if partial[b]} or None
             with self.autocast:
                 out = self.model(inputs, masks)
@@ -677,4 +658,3 @@ def _mean_scores(scs: list[Scores]) -> Scores:
 
 
 __all__ = ["run_experiment", "ExperimentResult", "TestOutput", "normalise_configs", "model_seed", "Protocol"]
-_ = dataclasses  # re-exported helpers may use dataclasses.replace on results

@@ -23,10 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import FeatstoreError
 from trainer.data import FeatureSet
 from trainer.metrics import SELECTIONS
 
 MODES = ("mertools", "strict")
+
+
+class ProtocolError(FeatstoreError, ValueError):
+    """A protocol that cannot run on this data (the CLI prints it as one line)."""
+
 HYPER = ("hidden", "dropout", "lr", "weight_decay")
 
 
@@ -58,19 +64,19 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown protocol mode '{self.mode}'; expected mertools or strict")
+            raise ProtocolError(f"unknown protocol mode '{self.mode}'; expected mertools or strict")
         if not (self.folds in ("auto", "logo", "official") or re.fullmatch(r"cv\d+", self.folds)):
-            raise ValueError(f"unknown folds '{self.folds}'; expected auto, cv5 (cvN), logo or official")
+            raise ProtocolError(f"unknown folds '{self.folds}'; expected auto, cv5 (cvN), logo or official")
         if self.folds.startswith("cv") and int(self.folds[2:]) < 2:
-            raise ValueError("cross-validation needs at least 2 folds")
+            raise ProtocolError("cross-validation needs at least 2 folds")
         if self.selection is not None and self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection '{self.selection}'; expected one of {', '.join(SELECTIONS)}")
+            raise ProtocolError(f"unknown selection '{self.selection}'; expected one of {', '.join(SELECTIONS)}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
+            raise ProtocolError("epochs and batch_size must be positive")
         if not 0 < self.inner_fraction < 1:
-            raise ValueError("inner_fraction must be in (0, 1)")
+            raise ProtocolError("inner_fraction must be in (0, 1)")
         if not self.seeds:
-            raise ValueError("at least one seed is needed")
+            raise ProtocolError("at least one seed is needed")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.test_splits is not None:
             object.__setattr__(self, "test_splits", tuple(self.test_splits))
@@ -149,7 +155,7 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
 
     def need(name: str) -> np.ndarray:
         if name not in sub:
-            raise ValueError(f"dataset {fs.dataset} has no '{name}' subset (has: {', '.join(sub) or 'none'}); "
+            raise ProtocolError(f"dataset {fs.dataset} has no '{name}' subset (has: {', '.join(sub) or 'none'}); "
                              f"folds '{kind}' need it")
         return sub[name]
 
@@ -159,7 +165,7 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
         base = need(fs.train_subset) if fs.train_subset in sub or fs.groups is None else np.ones(n, bool)
         rows = np.flatnonzero(base)
         if len(rows) < F:
-            raise ValueError(f"{len(rows)} training rows cannot make {F} folds")
+            raise ProtocolError(f"{len(rows)} training rows cannot make {F} folds")
         perm = rows[np.random.default_rng(seed).permutation(len(rows))]
         size = len(rows) // F  # MERTools: int(n / folds) a fold, the last takes the remainder
         parts = [perm[i * size:(i + 1) * size] for i in range(F - 1)] + [perm[(F - 1) * size:]]
@@ -169,11 +175,11 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
             folds.append(Fold(i, f"fold{i}", train, parts[i], parts[i]))
     elif kind == "logo":
         if fs.groups is None:
-            raise ValueError(f"dataset {fs.dataset} has no groups; leave-one-group-out needs them")
+            raise ProtocolError(f"dataset {fs.dataset} has no groups; leave-one-group-out needs them")
         role = (sub[fs.train_subset] if fs.train_subset in sub else np.ones(n, bool)) & (fs.groups != "")
         names = sorted(set(fs.groups[role].tolist()))
         if len(names) < 2:
-            raise ValueError(f"dataset {fs.dataset}: leave-one-group-out needs 2 or more groups, found {len(names)}")
+            raise ProtocolError(f"dataset {fs.dataset}: leave-one-group-out needs 2 or more groups, found {len(names)}")
         for i, g in enumerate(names):
             held = np.flatnonzero(role & (fs.groups == g))
             train = np.flatnonzero(role & (fs.groups != g))
@@ -184,7 +190,7 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
         val = np.flatnonzero(va)
         folds.append(Fold(0, fs.val_subset, np.flatnonzero(tr & ~va), val, val))
     else:  # pragma: no cover - validated in Protocol
-        raise ValueError(kind)
+        raise ProtocolError(kind)
 
     excluded = {"missing features": int((role & ~complete).sum()),
                 "unlabelled": int((role & complete & ~labelled).sum())}
@@ -199,13 +205,13 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
             f.select, f.train, f.select_test = inner, rest, False
     for f in folds:
         if len(f.train) == 0:
-            raise ValueError(f"fold {f.name} has no trainable rows (complete and labelled)")
+            raise ProtocolError(f"fold {f.name} has no trainable rows (complete and labelled)")
 
     # test splits: disjoint from every training-role row, or the ones asked for
     if p.test_splits is not None:
         unknown = [s for s in p.test_splits if s not in sub]
         if unknown:
-            raise ValueError(f"no subset '{unknown[0]}' loaded (loaded: {', '.join(sub)})")
+            raise ProtocolError(f"no subset '{unknown[0]}' loaded (loaded: {', '.join(sub)})")
         test_names = list(p.test_splits)
     else:
         test_names = [s for s, m in sub.items() if m.any() and not (m & role).any()]

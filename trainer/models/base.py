@@ -8,11 +8,11 @@ Initialisation is `nn.Linear`'s (kaiming-uniform weights with a=sqrt(5), uniform
 drawn layer after layer in construction order: a model built from generator seed s starts from the same
 weights as the MERTools module built after `torch.manual_seed(s)`.
 
-Dropout: an element is kept when a uniform random integer clears a threshold -- 8 bits when p is a multiple of
-1/256 (p = 0.5 is exact), 16 bits otherwise (p within 8e-6 of the nominal value). Raw random bytes cost ~0.5 ns
-each against ~6 ns a float from `torch.rand` on these CPUs, and the input dropout of the first layers draws ~1M
-numbers a step when K = 5. The keep-mask is made in float arithmetic, clamp(u - thr + 1, 0, 1), which is 2-3x
-faster than a comparison to a bool tensor and multiplication by it.
+Dropout: an element is kept when a uniform random integer clears a threshold -- one random bit for p = 0.5
+(MERTools' default), 8 bits when p is a multiple of 1/256, 16 bits otherwise (p within 8e-6 of the nominal
+value). Raw random bytes cost ~0.5 ns each against ~6 ns a float from `torch.rand` on these CPUs, and the
+input dropout of the first layers needs ~1M decisions a step when K = 5. The keep-mask is made in float
+arithmetic, clamp(u - thr + 1, 0, 1), 2-3x faster than a comparison to a bool tensor and a product with it.
 
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are
 masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
@@ -99,12 +99,14 @@ class BatchedModel(nn.Module):
                 raise ValueError(f"dropout must be in [0, 1), got {p}")
         self._scale = torch.tensor([1.0 / (1.0 - p) for p in self._p], dtype=torch.float32,
                                    device=self.device).view(-1, 1, 1)
-        # per model, so that a model's random stream never depends on the others in its batch
-        self._bits = [8 if float(p * 256).is_integer() else 16 for p in self._p]
+        # per model, so that a model's random stream never depends on the others in its batch:
+        # 1 random bit an element for p = 0.5 (MERTools' default), 8 bits when p is a multiple of 1/256, else 16
+        self._bits = [1 if p == 0.5 else 8 if float(p * 256).is_integer() else 16 for p in self._p]
         # keep iff u >= thr  <=>  clamp(u - (thr - 1), 0, 1) == 1   (u an integer held exactly in float32)
-        self._thr_m1 = torch.tensor([round(p * (1 << b)) + (0 if b == 8 else -(1 << 15)) - 1
+        self._thr_m1 = torch.tensor([0.0 if b == 1 else round(p * (1 << b)) + (0 if b == 8 else -(1 << 15)) - 1
                                      for p, b in zip(self._p, self._bits)], dtype=torch.float32,
                                     device=self.device).view(-1, 1)
+        self._shifts = torch.arange(8, dtype=torch.uint8, device=self.device)
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
 
@@ -186,7 +188,7 @@ class BatchedModel(nn.Module):
         if not self.training or not any(self._p):
             return None
         K, numel = self.K, n * d
-        words = [(numel * (b // 8) + 7) // 8 for b in self._bits]
+        words = [(numel * b + 63) // 64 for b in self._bits]
         raw = self._buffer("raw", (K, max(words)), torch.int64)
         active = self.active if self.active is not None else [True] * K
         for k in range(K):
@@ -194,15 +196,30 @@ class BatchedModel(nn.Module):
                 raw[k, :words[k]].random_(-(2**63), None, generator=self.spec.drop_generators[k])
         mask = self._buffer(tag, (K, numel), torch.float32)
         if len(set(self._bits)) == 1:
-            mask.copy_(raw.view(torch.uint8 if self._bits[0] == 8 else torch.int16)[:, :numel])
+            self._fill(mask, raw, self._bits[0], self._thr_m1, numel)
         else:
             for k in range(K):
-                mask[k].copy_(raw[k].view(torch.uint8 if self._bits[k] == 8 else torch.int16)[:numel])
-        mask.sub_(self._thr_m1).clamp_(0.0, 1.0)
+                self._fill(mask[k:k + 1], raw[k:k + 1], self._bits[k], self._thr_m1[k:k + 1], numel)
         for k in range(K):
             if self._p[k] == 0:
                 mask[k].fill_(1.0)
         return mask.view(K, n, d)
+
+    def _fill(self, mask: torch.Tensor, raw: torch.Tensor, bits: int, thr_m1: torch.Tensor, numel: int) -> None:
+        """mask [k, numel] <- keep (1.0) / drop (0.0) from the random words raw [k, words]."""
+        if bits == 1:  # each bit a fair coin: element j * nbytes + i <- bit j of byte i
+            rows, nbytes = raw.shape[0], (numel + 7) // 8
+            u8 = raw.view(torch.uint8)[:, :nbytes]
+            unpacked = self._buffer("bits", (rows, 8, nbytes), torch.uint8)
+            torch.bitwise_right_shift(u8.unsqueeze(1), self._shifts.view(1, 8, 1), out=unpacked)
+            unpacked.bitwise_and_(1)
+            if numel == 8 * nbytes:
+                mask.view(rows, 8, nbytes).copy_(unpacked)
+            else:
+                mask.copy_(unpacked.view(rows, -1)[:, :numel])
+            return
+        mask.copy_(raw.view(torch.uint8 if bits == 8 else torch.int16)[:, :numel])
+        mask.sub_(thr_m1).clamp_(0.0, 1.0)
 
     def drop(self, h: torch.Tensor) -> torch.Tensor:
         """Dropout on an activation [K, n, d] (differentiable, scaled by 1/(1-p))."""
