@@ -472,7 +472,7 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
         cluster = ClusterBuild(client, store, key, catalog, enc_spec, model=model, device=device,
                                trust_remote_code=trust_remote_code, corruptor=corruptor, options=options,
                                torch_threads=torch_threads, progress=progress)
-        cluster.check_workers()          # before anything is written: store visible, catalog, versions
+        cluster.check_workers()          # before anything is written (then the workers load the model)
     index_to_store(store, index, ds_spec.adapter)
     if cluster is not None:
         prov = cluster.provenance()      # loaded on a worker: the client never loads the model

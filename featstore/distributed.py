@@ -469,6 +469,7 @@ class ClusterBuild:
         self.slots = 1
         self.allowed_failures = 3
         self._checked = 0.0
+        self._loading: dict[str, Any] = {}
 
     # -------------------------------------------------------------------- before any work
     def check_workers(self, wait_s: float = 30.0) -> None:
@@ -498,6 +499,7 @@ class ClusterBuild:
         self.n_workers = len(envs)
         self.progress("workers", self.n_workers)
         self.allowed_failures = self._scheduler_allowed_failures()
+        self.start_loading()
 
     def _scheduler_allowed_failures(self) -> int:
         try:
@@ -505,20 +507,44 @@ class ClusterBuild:
         except Exception:  # run_on_scheduler may be disabled on a locked-down scheduler
             return 3
 
+    def start_loading(self) -> dict[str, Any]:
+        """Submit the model load to every worker (called once the checks passed; runs while the client
+        writes the dataset group). Returns worker address -> future of its provenance."""
+        tag = uuid.uuid4().hex[:8]
+        futs = {addr: self.client.submit(provenance_task, self.job, pure=False, workers=[addr],
+                                         allow_other_workers=True, key=f"featstore-load-{i}-{tag}")
+                for i, addr in enumerate(sorted(self.client.nthreads()))}
+        if not futs:
+            futs = {"any": self.client.submit(provenance_task, self.job, pure=False, key=f"featstore-load-{tag}")}
+        self._loading = futs
+        return futs
+
     def provenance(self) -> dict[str, Any]:
-        """The encoder's provenance, from a worker that loads (and keeps) it."""
+        """The encoder's provenance, from the workers: every worker loads the model now, in parallel (so none
+        loads it later while the others work), and all must resolve the same weights."""
         from distributed import KilledWorker
 
-        fut = self.client.submit(provenance_task, self.job, pure=False, key=f"featstore-load-{uuid.uuid4().hex[:8]}")
-        try:
-            return fut.result()
-        except KilledWorker:
-            raise FeatstoreError(f"encoder {self.encoder.name}: the worker process died while loading it (out of "
-                                 f"memory? see the worker logs)") from None
-        except FeatstoreError:
-            raise
-        except Exception as exc:
-            raise FeatstoreError(f"encoder {self.encoder.name} failed to load on a worker: {_one_line(exc)}") from None
+        futs = self._loading or self.start_loading()
+        self._loading = {}
+        provs: dict[str, dict[str, Any]] = {}
+        for addr, fut in futs.items():
+            try:
+                provs[addr] = fut.result()
+            except KilledWorker:
+                raise FeatstoreError(f"encoder {self.encoder.name}: the worker process died while loading it (out "
+                                     f"of memory? see the worker logs)") from None
+            except FeatstoreError:
+                raise
+            except Exception as exc:
+                raise FeatstoreError(f"encoder {self.encoder.name} failed to load on worker {addr}: "
+                                     f"{_one_line(exc)}") from None
+        first_addr, first = next(iter(provs.items()))
+        other = [a for a, p in provs.items() if p.get("weights") != first.get("weights")]
+        if other:
+            raise FeatstoreError(f"encoder {self.encoder.name}: workers resolve different weights ({first.get('weights')} "
+                                 f"on {first_addr}, {provs[other[0]].get('weights')} on {_names(other)}); give every "
+                                 f"node the same model files")
+        return first
 
     # -------------------------------------------------------------------- the schedule
     def run(self, fa: FeatureArray, index: DatasetIndex, parts: list[tuple[int, int]], key_hash: str,
