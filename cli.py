@@ -475,26 +475,73 @@ def _split_names(value: Optional[str]) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+# options shared by run, rank and grid
+ProtocolOpt = Annotated[str, typer.Option(help="mertools (the published protocol) | strict (inner validation, standardised).")]
+EpochsOpt = Annotated[int, typer.Option(help="Epochs.")]
+BatchOpt = Annotated[int, typer.Option(help="Minibatch size.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="Adam weight decay (L2).")]
+FoldsOpt = Annotated[str, typer.Option(help="auto | cv5 (cvN) | logo | official.")]
+SeedsOpt = Annotated[str, typer.Option(help="Seeds, comma-separated (mean±std over them).")]
+ThreadsOpt = Annotated[int, typer.Option(help="Torch threads (1: results do not depend on the core count).")]
+Bf16Opt = Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast for the forward pass.")]
+MaxModelsOpt = Annotated[Optional[int], typer.Option("--max-models", help="Models trained together in one batched module (default: as many as fit 2 GiB).")]
+TestSplitsOpt = Annotated[Optional[str], typer.Option("--test-splits", help="Test subsets, comma-separated (default: every subset disjoint from the training rows).")]
+ResultsOpt = Annotated[Optional[Path], typer.Option("--results", help="Results database (default: results.sqlite beside the store).")]
+CorruptionOpt = Annotated[str, typer.Option(help="Feature variant of the training rows.")]
+TestCorruptionOpt = Annotated[Optional[str], typer.Option(help="Feature variant of the test rows (default: --corruption).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Spread trials over a local Dask cluster of N worker processes.")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Spread trials over the Dask cluster at this address (every worker must see --store).")]
+
+
+def _protocol(**kw: Any):  # noqa: ANN202
+    from trainer.protocol import Protocol
+
+    seeds = kw.pop("seeds")
+    splits = kw.pop("test_splits", None)
+    try:
+        return Protocol(seeds=tuple(int(s) for s in _split_names(seeds)),
+                        test_splits=tuple(_split_names(splits)) if splits else None, **kw)
+    except ValueError as exc:
+        raise FeatstoreError(str(exc)) from None
+
+
+def _results_db(results: Optional[Path], store_path: str):  # noqa: ANN202
+    from trainer.results import ResultsDB, default_results_path
+
+    return ResultsDB(results or default_results_path(store_path))
+
+
+def _fmt(d: dict[str, Any], m: str) -> str:
+    mean, std = d.get(f"{m}_mean", float("nan")), d.get(f"{m}_std", float("nan"))
+    return "—" if mean != mean else f"{mean:.4f} ± {std:.4f}"
+
+
 @command(trainer_app, "run")
 def trainer_run_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
     audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated (each its own branch).")] = None,
     text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
     video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
-    corruption: Annotated[str, typer.Option(help="Feature variant of the training rows.")] = "clean",
-    test_corruption: Annotated[Optional[str], typer.Option(help="Feature variant of the test rows (default: --corruption).")] = None,
+    corruption: CorruptionOpt = "clean",
+    test_corruption: TestCorruptionOpt = None,
     fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
-    protocol: Annotated[str, typer.Option(help="mertools (the published protocol) | strict (inner validation, standardised).")] = "mertools",
+    protocol: ProtocolOpt = "mertools",
     hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
     dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="Adam weight decay (L2).")] = 1e-5,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 32,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 100,
-    folds: Annotated[str, typer.Option(help="auto | cv5 (cvN) | logo | official.")] = "auto",
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (mean±std over them).")] = "0",
+    weight_decay: WeightDecayOpt = 1e-5,
+    batch_size: BatchOpt = 32,
+    epochs: EpochsOpt = 100,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    bf16: Bf16Opt = False,
+    max_models: MaxModelsOpt = None,
+    test_splits: TestSplitsOpt = None,
+    concat: Annotated[bool, typer.Option("--concat", help="Concatenate each modality's features into one input (default: one branch per feature).")] = False,
+    softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights (the paper's equation; MERTools applies none).")] = False,
     save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", help="Write one CSV per test split here.")] = None,
-    results: Annotated[Optional[Path], typer.Option("--results", help="Results database (default: results.sqlite beside the store).")] = None,
+    results: ResultsOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     as_json: JsonOpt = False,
 ) -> None:
@@ -504,25 +551,22 @@ def trainer_run_cmd(
 
     from trainer.data import load_features
     from trainer.fit import run_experiment
-    from trainer.protocol import Protocol
     from trainer.record import record
-    from trainer.results import ResultsDB, default_results_path
 
     t0 = time.perf_counter()
-    try:
-        proto = Protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout,
-                         seeds=tuple(int(s) for s in _split_names(seeds)))
-    except ValueError as exc:
-        raise FeatstoreError(str(exc)) from None
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
+                      bf16=bf16, test_splits=test_splits)
     fs = _open(store, read_only=True)
     features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
-                             video=_split_names(video), corruption=corruption, test_corruption=test_corruption)
+                             video=_split_names(video), corruption=corruption, test_corruption=test_corruption,
+                             concat=concat)
     with _progress() as prog:
         task = prog.add_task(f"{dataset} {fusion}", total=epochs, rate="", errors="")
-        result = run_experiment(features, fusion, proto, progress=lambda ev, info: prog.update(
-            task, completed=info.get("epoch", 0)) if ev == "epoch" else None)
-    db = ResultsDB(results or default_results_path(fs.path))
+        result = run_experiment(features, fusion, proto, {"softmax": True} if softmax else None, max_models=max_models,
+                                progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
+                                if ev == "epoch" else None)
+    db = _results_db(results, fs.path)
     added = record(db, result, test_corruption=test_corruption)
     summary = [d for d in result.summary() if d["split"] != "inner"]
     wall = time.perf_counter() - t0
@@ -537,8 +581,9 @@ def trainer_run_cmd(
                     w.writerows(rows)
     if as_json:
         _print_json({"dataset": dataset, "fusion": fusion, "mode": protocol, "features": result.features,
-                     "folds": result.folds, "seeds": list(proto.seeds), "wall_s": wall, "counts": result.counts,
-                     "warnings": result.warnings,
+                     "branches": result.branches, "folds": result.folds, "seeds": list(proto.seeds), "wall_s": wall,
+                     "counts": result.counts, "warnings": result.warnings, "config": result.configs[0],
+                     "protocol": proto.as_dict(),
                      "splits": {d["split"]: {m: {"mean": d[f"{m}_mean"], "std": d[f"{m}_std"]}
                                              for m in ("acc", "waf", "mse")} | {"n": d["n"]} for d in summary}})
         return
@@ -547,11 +592,194 @@ def trainer_run_cmd(
     for col in ("split", "n", "ACC", "WAF", "valence MSE"):
         t.add_column(col, no_wrap=True)
     for d in summary:
-        fmt = lambda m: "—" if d[f"{m}_mean"] != d[f"{m}_mean"] else f"{d[f'{m}_mean']:.4f} ± {d[f'{m}_std']:.4f}"  # noqa: E731
-        t.add_row(d["split"], str(d["n"]), fmt("acc"), fmt("waf"), fmt("mse"))
+        t.add_row(d["split"], str(d["n"]), _fmt(d, "acc"), _fmt(d, "waf"), _fmt(d, "mse"))
     console.print(t)
     for w in result.warnings:
         err_console.print(f"[yellow]note:[/] {w}", highlight=False)
+
+
+def _search_progress(prog: Progress, label: str) -> Callable[[str, dict[str, Any]], None]:
+    """A grid/rank progress callback feeding a rich bar: trials done, best CV WAF so far, ETA."""
+    task = prog.add_task(label, total=None, rate="", errors="")
+
+    def update(event: str, info: dict[str, Any]) -> None:
+        if event == "start":
+            prog.update(task, total=info["total"], rate=f"{info['skipped']} already done")
+        elif event == "trials":
+            best = info.get("best") or {}
+            prog.update(task, completed=info["done"], rate=f"best CV WAF {best['waf']:.4f}" if best else "")
+        elif event == "task":
+            prog.update(task, description=f"{label}: {info['task']}")
+        elif event == "ranking":
+            prog.update(task, description=f"{label}: ranking {info['dataset']} first")
+
+    return update
+
+
+def _cluster(workers: Optional[int], scheduler: Optional[str]):  # noqa: ANN202
+    import contextlib
+
+    if workers is None and scheduler is None:
+        return contextlib.nullcontext(None)
+    from featstore.distributed import connect
+
+    return connect(workers=workers, scheduler=scheduler)
+
+
+def _ranking_json(order: dict[str, list[Any]]) -> dict[str, list[dict[str, Any]]]:
+    import dataclasses
+
+    return {m: [dataclasses.asdict(r) for r in lst] for m, lst in order.items()}
+
+
+def _print_ranking(order: dict[str, list[Any]], title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for col in ("modality", "#", "encoder", "CV WAF", "test WAF", "configs", "seeds", "best config"):
+        t.add_column(col, no_wrap=True)
+    for m, lst in order.items():
+        for i, r in enumerate(lst, 1):
+            t.add_row(m, str(i), r.encoder, f"{r.cv_waf:.4f}", "—" if r.test_waf != r.test_waf else f"{r.test_waf:.4f}",
+                      str(r.trials), str(r.seeds), ", ".join(f"{k} {v}" for k, v in r.hyper.items() if k != "weight_decay"))
+    console.print(t)
+
+
+@command(trainer_app, "rank")
+def trainer_rank_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    corruption: CorruptionOpt = "clean",
+    modality: Annotated[Optional[str], typer.Option(help="Only this modality: audio | text | video.")] = None,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="cv (CV WAF) | test (mean WAF of the test splits, MER2024 Table 3).")] = "cv",
+    rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Show another dataset's ranking from the database (MERBench Table 10); trains nothing.")] = None,
+    trials: Annotated[int, typer.Option(help="Configs per encoder: the whole 24-point space hidden {64,128,256} x lr {1e-3,1e-4} x dropout {.2,.3,.4,.5} when >= 24, else a seeded sample.")] = 24,
+    protocol: ProtocolOpt = "mertools",
+    epochs: EpochsOpt = 100,
+    batch_size: BatchOpt = 32,
+    weight_decay: WeightDecayOpt = 1e-5,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    bf16: Bf16Opt = False,
+    max_models: MaxModelsOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank every stored encoder of a dataset: the same unimodal `mlp` search for each (default: the 24-point
+    space, seed 0, the dataset's protocol), best config by CV score; resumable (trials in the database are skipped)."""
+    from trainer.grid import run_rank
+    from trainer.search import ranking
+
+    fs = _open(store, read_only=True)
+    db = _results_db(results, fs.path)
+    if rank_from:
+        order = ranking(db, rank_from, corruption=corruption, rank_by=rank_by, mode=protocol)
+        if not order:
+            raise FeatstoreError(f"no ranking of dataset {rank_from} in {db.path}; run `trainer rank --dataset {rank_from}` first")
+        rep = None
+    else:
+        proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size,
+                          weight_decay=weight_decay, seeds=seeds, threads=threads, bf16=bf16)
+        with _cluster(workers, scheduler) as client, _progress() as prog:
+            rep, order = run_rank(fs, db, dataset, proto, n_trials=trials, corruption=corruption, modality=modality,
+                                  rank_by=rank_by, client=client, max_models=max_models,
+                                  progress=_search_progress(prog, f"rank {dataset}"))
+    if as_json:
+        _print_json({"dataset": rank_from or dataset, "rank_by": rank_by, "ranking": _ranking_json(order),
+                     **({"trained": rep.trained, "skipped": rep.skipped, "wall_s": rep.seconds} if rep else {})})
+        return
+    done = f" ({rep.trained} trials trained, {rep.skipped} already in {db.path}, {rep.seconds:.1f} s)" if rep else ""
+    _print_ranking(order, f"{rank_from or dataset}: encoders ranked by {rank_by} WAF{done}")
+
+
+@command(trainer_app, "grid")
+def trainer_grid_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    topn: Annotated[str, typer.Option("--topn", help="Top-N feature sets per modality: 1-6, or 1,3,5.")] = "1",
+    modalities: Annotated[str, typer.Option(help="Modality combinations: letters A (audio) T (text) V (video), e.g. AV,AT,VT,AVT.")] = "AVT",
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    trials: Annotated[int, typer.Option(help="Configs per feature set: the whole 24-point space when it has no more points, else a seeded sample.")] = 50,
+    corruption: CorruptionOpt = "clean",
+    test_corruption: TestCorruptionOpt = None,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="cv | test: which ranking picks the Top-N.")] = "cv",
+    rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Use another dataset's ranking (MERBench Table 10).")] = None,
+    rank_trials: Annotated[int, typer.Option(help="Configs per encoder when the ranking must be computed first.")] = 24,
+    protocol: ProtocolOpt = "mertools",
+    epochs: EpochsOpt = 100,
+    batch_size: BatchOpt = 32,
+    weight_decay: WeightDecayOpt = 1e-5,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    bf16: Bf16Opt = False,
+    max_models: MaxModelsOpt = None,
+    test_splits: TestSplitsOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search Top-N feature sets x modality combinations x hidden {64,128,256} x lr {1e-3,1e-4} x dropout
+    {.2,.3,.4,.5}; resumable (trials in the database are skipped), locally or on a Dask cluster."""
+    from trainer.grid import run_grid
+    from trainer.search import parse_modalities, parse_topn
+
+    ns, combos = parse_topn(topn), parse_modalities(modalities)
+    if workers is not None and scheduler is not None:
+        raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+                      seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits)
+    fs = _open(store, read_only=True)
+    db = _results_db(results, fs.path)
+    with _cluster(workers, scheduler) as client, _progress() as prog:
+        rep = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=fusion, n_trials=trials,
+                       corruption=corruption, test_corruption=test_corruption, rank_by=rank_by, rank_from=rank_from,
+                       rank_trials=rank_trials, client=client, max_models=max_models,
+                       progress=_search_progress(prog, f"grid {dataset}"))
+    if as_json:
+        _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "rows_added": rep.rows_added,
+                     "wall_s": rep.seconds, "best": rep.best, "notes": rep.notes,
+                     "sets": [{"label": t.label, "features": t.chosen, "configs": len(t.configs),
+                               "pending": len(t.pending)} for t in rep.tasks]})
+        return
+    console.print(f"{dataset}: {len(rep.tasks)} feature set(s); {rep.trained} trials trained, {rep.skipped} already in "
+                  f"{db.path} ({rep.seconds:.1f} s)")
+    if rep.best:
+        console.print(f"best CV WAF {rep.best['waf']:.4f}: {rep.best['task']} {rep.best['hyper']}", highlight=False)
+    for n in rep.notes:
+        err_console.print(f"[yellow]note:[/] {n}", highlight=False)
+    console.print("tables: trainer report --dataset " + dataset)
+
+
+@command(trainer_app, "report")
+def trainer_report_cmd(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (default: all in the database).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md | csv | latex.")] = "md",
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write PNG plots here (confusion matrix, Top-N curve, attention weights).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Only this protocol mode: mertools | strict (default: both).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the tables to this file instead of stdout.")] = None,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Table-3/4-style tables (mean ± std over seeds) and plots, from the results database alone."""
+    from trainer.plots import plot_all
+    from trainer.report import render, tables, trials
+
+    db_path = results or Path(store).resolve().parent / "results.sqlite"
+    if not db_path.is_file():
+        raise FeatstoreError(f"no results database at {db_path}; run `trainer run`, `rank` or `grid` first (or pass --results)")
+    db = _results_db(db_path, store)
+    text = render(tables(db, dataset, mode), fmt)
+    if out:
+        out.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+    if plot:
+        for f in plot_all(db, trials(db, dataset, mode), plot):
+            err_console.print(f"wrote {f}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

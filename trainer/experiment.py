@@ -53,7 +53,7 @@ class ExperimentResult:
     selected_epochs: dict[tuple[int, int, int], int]           # (config, fold, seed) -> best epoch (1-based)
     curves: dict[tuple[int, int, int], np.ndarray]              # (config, fold, seed) -> selection score per epoch
     test_outputs: dict[tuple[int, int, str], TestOutput]         # (config, seed, split)
-    heldout_outputs: dict[tuple[int, int], dict[str, np.ndarray]]  # (config, seed) -> rows + out-of-fold outputs
+    heldout_outputs: dict[tuple[int, int], dict[str, np.ndarray]]  # (config, seed) -> rows, ids, fold, true codes, out-of-fold outputs
     test_ids: dict[str, np.ndarray]
     test_labels: dict[str, dict[str, np.ndarray | None]]         # split -> {'emotion': codes, 'valence': values}
     timings: dict[str, float]
@@ -187,6 +187,8 @@ def assemble(fs: FeatureSet, fusion: str, protocol: Protocol, cfgs: list[dict[st
         held_rows = np.concatenate([j.fold.heldout for j, _ in items])
         oof: dict[str, np.ndarray] = {"rows": held_rows, "ids": fs.ids[held_rows],
                                       "fold": np.concatenate([np.full(len(j.fold.heldout), j.fold.index) for j, _ in items])}
+        if y_emo is not None:
+            oof["true"] = y_emo[held_rows]
         for key in ("emotion", "valence", "attention"):
             if key in items[0][1].heldout_out:
                 oof[key] = np.concatenate([o.heldout_out[key] for _, o in items])

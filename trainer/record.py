@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from trainer.fit import ExperimentResult
+from trainer.protocol import Protocol
 from trainer.results import ResultsDB, config_hash
 
 # Protocol fields that do not change a trial's outcome (where or how fast it runs), left out of its hash.
@@ -13,11 +16,23 @@ NOT_DEFINING = ("seeds", "threads", "device")
 
 def trial_config(result: ExperimentResult, config: int, preset: str = "default",
                  test_corruption: str | None = None) -> dict[str, Any]:
-    """Everything that defines one trial: dataset, features and their store spec hashes, fusion, protocol, hyper."""
-    protocol = {k: v for k, v in result.protocol.as_dict().items() if k not in NOT_DEFINING}
-    return {"dataset": result.dataset, "features": result.features, "feature_hashes": result.feature_hashes,
-            "test_corruption": test_corruption, "fusion": result.fusion, "protocol": protocol,
-            "hyper": result.configs[config], "preset": preset}
+    """Everything that defines one trial of `result` (see trial_definition)."""
+    return trial_definition(result.dataset, result.features, result.feature_hashes, result.fusion, result.protocol,
+                            result.configs[config], preset, test_corruption)
+
+
+def trial_definition(dataset: str, features: dict[str, list[str]], feature_hashes: dict[str, str], fusion: str,
+                     protocol: Protocol, hyper: dict[str, Any], preset: str = "default",
+                     test_corruption: str | None = None) -> dict[str, Any]:
+    """Everything that defines one trial: dataset, features and their store spec hashes, fusion, protocol, hyper.
+
+    Computable before training (features: FeatureSet.describe(), feature_hashes: FeatureSet.spec_hashes(), hyper:
+    trainer.fit.normalise_configs), so a grid can skip the trials already in the database.
+    """
+    proto = {k: v for k, v in protocol.as_dict().items() if k not in NOT_DEFINING}
+    return {"dataset": dataset, "features": features, "feature_hashes": feature_hashes,
+            "test_corruption": test_corruption, "fusion": fusion, "protocol": proto,
+            "hyper": hyper, "preset": preset}
 
 
 def result_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
@@ -39,6 +54,37 @@ def result_rows(result: ExperimentResult, preset: str = "default", test_corrupti
     return out
 
 
+def output_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
+    """Per (config, seed, split) of the fold-averaged prediction: the confusion matrix (labelled rows only) and the
+    mean attention weight per branch (fusions that have them); 'cv' uses the out-of-fold predictions."""
+    from sklearn.metrics import confusion_matrix
+
+    hashes = {ci: config_hash(trial_config(result, ci, preset, test_corruption)) for ci in range(len(result.configs))}
+    C = len(result.classes)
+    out = []
+
+    def one(ci: int, seed: int, split: str, logits: np.ndarray | None, true: np.ndarray | None,
+            attention: np.ndarray | None) -> None:
+        row: dict[str, Any] = {"config_hash": hashes[ci], "seed": seed, "split": split}
+        if logits is not None and true is not None and C:
+            lab = true >= 0
+            if lab.any():
+                row["classes"] = list(result.classes)
+                row["confusion"] = confusion_matrix(true[lab], logits[lab].argmax(axis=1), labels=list(range(C))).tolist()
+        if attention is not None:
+            row["branches"] = list(result.branches)
+            row["attention"] = [float(v) for v in attention.reshape(-1, attention.shape[-1]).mean(axis=0)]
+        if len(row) > 3:
+            out.append(row)
+
+    for (ci, seed), oof in result.heldout_outputs.items():
+        one(ci, seed, "cv", oof.get("emotion"), oof.get("true"), oof.get("attention"))
+    for (ci, seed, split), t in result.test_outputs.items():
+        logits = t.emotion.mean(axis=0) if t.emotion is not None else None
+        one(ci, seed, split, logits, result.test_labels[split]["emotion"], t.attention)
+    return out
+
+
 def record(db: ResultsDB, result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> int:
     """Write `result` to the database (rows already there are kept, never duplicated); returns rows added."""
-    return db.add(result_rows(result, preset, test_corruption))
+    return db.add(result_rows(result, preset, test_corruption), output_rows(result, preset, test_corruption))

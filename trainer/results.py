@@ -13,7 +13,7 @@ from typing import Any
 
 from featstore.catalog import spec_hash
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: the outputs table (added on open to version-1 databases)
 COLUMNS: dict[str, str] = {
     "config_hash": "TEXT NOT NULL",   # hash of everything that defines the trial (features+spec hashes, fusion, hyper, protocol)
     "dataset": "TEXT NOT NULL",
@@ -34,6 +34,15 @@ COLUMNS: dict[str, str] = {
     "seconds": "REAL", "code_version": "TEXT", "created": "TEXT",
 }
 KEY = ("config_hash", "fold", "seed", "split")
+# what a report draws besides the metrics, per (trial, seed, split) of the fold-averaged prediction
+OUTPUT_COLUMNS: dict[str, str] = {
+    "config_hash": "TEXT NOT NULL", "seed": "INTEGER NOT NULL", "split": "TEXT NOT NULL",
+    "classes": "TEXT",                # JSON class names (rows and columns of the confusion matrix)
+    "confusion": "TEXT",              # JSON [C][C] counts: true class (row) x predicted class (column)
+    "branches": "TEXT",               # JSON branch names of the attention weights
+    "attention": "TEXT",              # JSON mean attention weight per branch (fusions that have them)
+}
+OUTPUT_KEY = ("config_hash", "seed", "split")
 
 
 def default_results_path(store_path: str | Path) -> Path:
@@ -68,13 +77,16 @@ class ResultsDB:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as con:
-            if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='results'").fetchone():
-                return  # an existing database: opening it never writes (a grid may hold the write lock)
+            have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if {"results", "outputs"} <= have:
+            return  # an existing database: opening it never writes (a grid may hold the write lock)
         with closing(self._connect()) as con, con:
             con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the reverse
             cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
             con.execute(f"CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY, {cols}, UNIQUE ({', '.join(KEY)}))")
             con.execute("CREATE INDEX IF NOT EXISTS results_dataset ON results (dataset, split)")
+            ocols = ", ".join(f"{k} {t}" for k, t in OUTPUT_COLUMNS.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS outputs ({ocols}, PRIMARY KEY ({', '.join(OUTPUT_KEY)}))")
             con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -83,12 +95,12 @@ class ResultsDB:
         con.row_factory = sqlite3.Row
         return con
 
-    def add(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows in one transaction; a row whose (config_hash, fold, seed, split) exists is kept, not duplicated.
-
-        Returns the number of rows inserted.
+    def add(self, rows: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]] = ()) -> int:
+        """Insert result rows (and their output rows, see OUTPUT_COLUMNS) in one transaction; a row whose key
+        (config_hash, fold, seed, split) -- or (config_hash, seed, split) for outputs -- exists is kept, never
+        duplicated. Returns the number of result rows inserted.
         """
-        if not rows:
+        if not rows and not outputs:
             return 0
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         version = code_version()
@@ -100,11 +112,21 @@ class ResultsDB:
                 raise ValueError(f"result row lacks {', '.join(missing)}")
             row = {**r, "created": r.get("created", now), "code_version": r.get("code_version", version)}
             values.append(tuple(_sql(row.get(k)) for k in names))
+        onames = list(OUTPUT_COLUMNS)
+        ovalues = []
+        for o in outputs:
+            missing = [k for k in OUTPUT_KEY if o.get(k) is None]
+            if missing:
+                raise ValueError(f"output row lacks {', '.join(missing)}")
+            ovalues.append(tuple(_sql(o.get(k)) for k in onames))
         with closing(self._connect()) as con, con:
             before = con.total_changes
             con.executemany(f"INSERT OR IGNORE INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                             values)
-            return con.total_changes - before
+            added = con.total_changes - before
+            con.executemany(f"INSERT OR IGNORE INTO outputs ({', '.join(onames)}) VALUES ({', '.join('?' * len(onames))})",
+                            ovalues)
+            return added
 
     def done_trials(self, config_hashes: Iterable[str], seeds: Iterable[int]) -> set[tuple[str, int]]:
         """(config_hash, seed) pairs already complete in the database (their fold-averaged cv row exists)."""
@@ -127,7 +149,20 @@ class ResultsDB:
                 out.append(d)
             return out
 
+    def outputs(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Output rows (confusion matrices, attention weights), JSON decoded; all, or one trial's."""
+        where, params = ("config_hash = ?", [config_hash]) if config_hash else ("1=1", [])
+        with closing(self._connect()) as con:
+            out = []
+            for r in con.execute(f"SELECT * FROM outputs WHERE {where} ORDER BY config_hash, seed, split", params):
+                d = dict(r)
+                for k in ("classes", "confusion", "branches", "attention"):
+                    d[k] = json.loads(d[k]) if d.get(k) else None
+                out.append(d)
+            return out
+
     def count(self) -> int:
+        """Number of result rows."""
         with closing(self._connect()) as con:
             return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 

@@ -1,0 +1,83 @@
+"""`trainer run | rank | grid | report` end to end on a small synthetic store (typer's runner)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import trainer_app
+from trainer.results import ResultsDB
+
+runner = CliRunner()
+DIMS = {"a1": ("audio", 12), "a2": ("audio", 8), "t1": ("text", 10), "v1": ("visual", 8)}
+
+
+def trainer(*args: str, code: int = 0) -> str:
+    result = runner.invoke(trainer_app, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def _json(out: str) -> dict:
+    return json.loads(out[out.index("{"):])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from trainer.synthetic import make_store
+
+    path = tmp_path_factory.mktemp("cli") / "s.zarr"
+    make_store(path, n_train=120, n_test=40, dims=DIMS)
+    return str(path)
+
+
+def test_run_options_reach_the_experiment(store: str, tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    base = ["run", "--store", store, "--dataset", "synth", "--audio", "a1,a2", "--video", "v1", "--epochs", "2",
+            "--folds", "cv3", "--results", str(db), "--json"]
+    plain = _json(trainer(*base))
+    assert plain["branches"] == ["a1", "a2", "v1"] and plain["config"] == {"hidden": 128, "dropout": 0.5, "lr": 1e-4,
+                                                                         "weight_decay": 1e-5}
+    concat = _json(trainer(*base, "--concat", "--softmax", "--threads", "2", "--max-models", "1",
+                           "--test-splits", "test1", "--save-predictions", str(tmp_path / "preds")))
+    assert concat["branches"] == ["audio:a1+a2", "visual:v1"] and concat["config"]["softmax"] is True
+    assert concat["protocol"]["threads"] == 2 and concat["protocol"]["test_splits"] == ["test1"]
+    assert set(concat["splits"]) == {"cv", "test1"} and concat["splits"]["test1"]["n"] == 40
+    with open(tmp_path / "preds" / "synth-test1.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and {"sample", "true", "predicted", "prob_neutral"} <= set(rows[0])
+    assert ResultsDB(db).count() > 0
+    trainer(*base, "--test-splits", "nope", code=1)
+
+
+def test_rank_grid_and_report_from_the_command_line(store: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    common = ["--store", store, "--dataset", "synth", "--epochs", "2", "--folds", "cv3", "--results", db]
+    ranked = _json(trainer("rank", *common, "--trials", "2", "--json"))
+    assert [r["encoder"] for r in ranked["ranking"]["audio"]] in (["a1", "a2"], ["a2", "a1"])
+    assert ranked["trained"] == 8 and set(ranked["ranking"]) == {"audio", "text", "video"}
+    grid = _json(trainer("grid", *common, "--topn", "1-2", "--modalities", "AV,AT", "--trials", "3", "--json"))
+    # AV top-2 and AT top-2 add the second audio encoder; one video and one text encoder only (noted)
+    assert grid["trained"] == 12 and [s["label"] for s in grid["sets"]] == ["AV top-1", "AV top-2", "AT top-1", "AT top-2"]
+    assert any("only 1 visual" in n or "only 1 video" in n for n in grid["notes"])
+    again = _json(trainer("grid", *common, "--topn", "1-2", "--modalities", "AV,AT", "--trials", "3", "--json"))
+    assert again["trained"] == 0 and again["skipped"] == 12 and again["rows_added"] == 0
+    md = trainer("report", "--store", store, "--results", db, "--plot", str(tmp_path / "plots"))
+    assert "Table 3 style" in md and "Table 4 style" in md and "| synth | mertools | attention | AV | 2 |" in md
+    assert (tmp_path / "plots" / "topn-synth-mertools.png").is_file()
+
+
+def test_bad_names_and_missing_features_are_one_line_errors(store: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    out = trainer("run", "--store", store, "--dataset", "synth", "--audio", "a3", "--results", db, code=1)
+    assert "did you mean" in out and "a1" in out
+    out = trainer("run", "--store", store, "--dataset", "synth", "--audio", "a1", "--corruption", "snr5",
+                  "--results", db, code=1)
+    assert "featstore build" in out
+    assert "unknown letter" in trainer("grid", "--store", store, "--dataset", "synth", "--modalities", "AQ",
+                                        "--results", db, code=1)
+    assert "no results database" in trainer("report", "--store", store, "--results", db, code=1)  # nothing written
