@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,38 +30,24 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from featstore.build import BuildOptions, build  # noqa: E402
 from featstore.demo_data import generate  # noqa: E402
 from featstore.distributed import connect  # noqa: E402
 from featstore.store import FeatureStore, KeyName  # noqa: E402
 
+import _common as common  # noqa: E402
+from _common import uptime, wait_idle  # noqa: E402
+
 ENCODER = "egemaps"
 KEY = KeyName("demo", ENCODER)
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
     import dask
     import distributed
-    return (f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM; Python {platform.python_version()}, "
-            f"dask {dask.__version__}, distributed {distributed.__version__}")
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{common.machine()}; dask {dask.__version__}, distributed {distributed.__version__}"
 
 
 def corpus(workdir: Path, n: int) -> Path:
@@ -73,26 +57,6 @@ def corpus(workdir: Path, n: int) -> Path:
         generate(path, n=n, seed=0)
         print(f"generated {n} clips in {time.perf_counter() - t:.1f} s", flush=True)
     return path
-
-
-def _cpu_idle(seconds: float) -> float:
-    """Fraction of all CPUs idle over the next `seconds` (from /proc/stat)."""
-    def snap() -> tuple[int, int]:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return f[3] + f[4], sum(f)          # idle + iowait, total
-    i0, t0 = snap()
-    time.sleep(seconds)
-    i1, t1 = snap()
-    return (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_idle(min_idle: float | None, max_wait: float) -> str:
-    """Wait (up to max_wait s) until the CPUs are at least `min_idle` idle over 5 s; return what was seen."""
-    t = time.monotonic()
-    idle = _cpu_idle(1.0)
-    while min_idle is not None and idle < min_idle and time.monotonic() - t < max_wait:
-        idle = _cpu_idle(5.0)
-    return f"{idle:.0%} idle"
 
 
 def one_pass(root: Path, store_path: Path, workers: int | None, opts: BuildOptions) -> tuple[float, float, FeatureStore]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -54,6 +53,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from featstore.build import BuildOptions, make_batches, run_partition  # noqa: E402
 from featstore.catalog import EncoderSpec  # noqa: E402
@@ -62,6 +62,9 @@ from featstore.encoders import load_encoder  # noqa: E402
 from featstore.media import decode_audio  # noqa: E402
 from featstore.store import FeatureStore, KeyName  # noqa: E402
 from tests.media_helpers import write_mp4  # noqa: E402
+
+import _common as common  # noqa: E402
+from _common import machine  # noqa: E402
 
 SR = 16000
 FILE_SR = 44100
@@ -214,13 +217,7 @@ class LoadMonitor(threading.Thread):
 
 def idle_cores(seconds: float = 2.0) -> float:
     """Idle cores of the whole machine over `seconds` (from /proc/stat; includes iowait as idle)."""
-    def sample() -> tuple[int, int]:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return v[3] + v[4], sum(v[:8])
-    i0, t0 = sample()
-    time.sleep(seconds)
-    i1, t1 = sample()
-    return (os.cpu_count() or 1) * (i1 - i0) / max(t1 - t0, 1)
+    return (os.cpu_count() or 1) * common.cpu_idle(seconds)
 
 
 def wait_idle(min_idle: float, max_wait: float) -> float:
@@ -402,13 +399,6 @@ def parse_settings(text: str) -> list[tuple[int, float]]:
         b, s = part.lower().split("x")
         out.append((int(b), float(s)))
     return out
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"nproc {os.cpu_count()}, {cpu}, {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
+def _save(fig: object, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()  # type: ignore[attr-defined]
+    fig.savefig(path, dpi=120)  # type: ignore[attr-defined]
+    plt.close(fig)
+    return path
+
+
 def plot_all(db: ResultsDB, trials_: Sequence[Trial], out_dir: str | Path) -> list[Path]:
     """Write every plot the database supports into `out_dir`; returns the files written."""
     out = Path(out_dir)
@@ -71,11 +79,7 @@ def confusion_plots(db: ResultsDB, ts: Sequence[Trial], out: Path) -> list[Path]
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{best.dataset} {split}: {best.fusion} {best.combo} top-{best.topn}", fontsize=9)
-        fig.tight_layout()
-        path = out / f"confusion-{_safe(best.dataset)}-{_safe(split)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, out / f"confusion-{_safe(best.dataset)}-{_safe(split)}.png"))
     return files
 
 
@@ -103,11 +107,7 @@ def topn_plots(ts: Sequence[Trial], out: Path) -> list[Path]:
         ax.set_title(f"{ts[0].dataset}: Top-N ({mode})", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"topn-{_safe(ts[0].dataset)}-{_safe(mode)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, out / f"topn-{_safe(ts[0].dataset)}-{_safe(mode)}.png"))
     return files
 
 
@@ -129,11 +129,7 @@ def attention_plots(db: ResultsDB, ts: Sequence[Trial], out: Path) -> list[Path]
         ax.set_ylabel("mean modality weight")
         ax.set_title(f"{t.dataset}: {t.fusion} {t.combo} top-{t.topn}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"attention-{_safe(t.dataset)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return [path]
+        return [_save(fig, out / f"attention-{_safe(t.dataset)}.png")]
     return []
 
 

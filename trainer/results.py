@@ -104,21 +104,10 @@ class ResultsDB:
             return 0
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         version = code_version()
-        names = list(COLUMNS)
-        values = []
-        for r in rows:
-            missing = [k for k in KEY if r.get(k) is None]
-            if missing:
-                raise ValueError(f"result row lacks {', '.join(missing)}")
-            row = {**r, "created": r.get("created", now), "code_version": r.get("code_version", version)}
-            values.append(tuple(_sql(row.get(k)) for k in names))
-        onames = list(OUTPUT_COLUMNS)
-        ovalues = []
-        for o in outputs:
-            missing = [k for k in OUTPUT_KEY if o.get(k) is None]
-            if missing:
-                raise ValueError(f"output row lacks {', '.join(missing)}")
-            ovalues.append(tuple(_sql(o.get(k)) for k in onames))
+        names, onames = list(COLUMNS), list(OUTPUT_COLUMNS)
+        stamp = {"created": now, "code_version": version}
+        values = _values(rows, names, KEY, "result", stamp)
+        ovalues = _values(outputs, onames, OUTPUT_KEY, "output", {})
         with closing(self._connect()) as con, con:
             before = con.total_changes
             con.executemany(f"INSERT OR IGNORE INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -165,6 +154,19 @@ class ResultsDB:
         """Number of result rows."""
         with closing(self._connect()) as con:
             return int(con.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def _values(rows: Sequence[dict[str, Any]], names: list[str], key: Sequence[str], what: str,
+            defaults: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """SQL value tuples of `rows` in column order; a row missing a key field is refused."""
+    out = []
+    for r in rows:
+        missing = [k for k in key if r.get(k) is None]
+        if missing:
+            raise ValueError(f"{what} row lacks {', '.join(missing)}")
+        row = {**defaults, **{k: v for k, v in r.items() if v is not None or k not in defaults}}
+        out.append(tuple(_sql(row.get(k)) for k in names))
+    return out
 
 
 def _sql(value: Any) -> Any:

@@ -1,0 +1,45 @@
+"""Shared bits of the benchmark scripts: the machine line, the load line, and waiting for idle CPUs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    """nproc, CPU model, RAM and Python version, for RESULTS.md."""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"nproc {os.cpu_count()}, {cpu}, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def uptime() -> str:
+    """`uptime` (or the load averages)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_idle(seconds: float) -> float:
+    """Fraction of all CPUs idle over the next `seconds` (from /proc/stat)."""
+    def snap() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[3] + f[4], sum(f)          # idle + iowait, total
+    i0, t0 = snap()
+    time.sleep(seconds)
+    i1, t1 = snap()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(min_idle: float | None, max_wait: float) -> str:
+    """Wait (up to max_wait s) until the CPUs are at least `min_idle` idle over 5 s; return what was seen."""
+    t = time.monotonic()
+    idle = cpu_idle(1.0)
+    while min_idle is not None and idle < min_idle and time.monotonic() - t < max_wait:
+        idle = cpu_idle(5.0)
+    return f"{idle:.0%} idle"

@@ -1,0 +1,297 @@
+"""Figures: featstore's trainer vs a MERTools-style training loop, side by side in one run (issue #4, item 4).
+
+Data: identical synthetic MER2024-shaped features (trainer.synthetic.make_store): 5,030 train / 1,000 test
+rows; acoustic 1024-d, lexical 5120-d, visual 768-d; six imbalanced classes and valence. Both sides read the
+same in-memory float32 arrays; loading is not timed. MERTools defaults: attention fusion, hidden 128,
+dropout 0.5, lr 1e-4, weight decay 1e-5, batch 32, 5-fold CV.
+
+The MERTools-style side is written here after MERTools' MER2024 `main-release.py`: a per-sample torch
+Dataset, a DataLoader (batch 32, shuffled for training), an nn.Module attention model (per-modality
+MLPEncoder: dropout then three Linear+ReLU; attention MLP over the concatenated hidden vectors; fc_att
+without softmax; weighted sum; emotion and valence heads), Adam, and per epoch: one training pass, an
+evaluation pass over the held-out fold and one over the test set (as MERTools stores every epoch's test
+outputs); the folds run one after another; the best epoch is chosen by held-out WAF.
+
+Figures:
+  a) speed: wall time of one 5-fold experiment, at the same thread count, MERTools-style vs featstore
+     (`run_experiment`); passes interleaved A B A B and the median of each side taken.
+  b) parity: held-out CV WAF and test WAF of both at --parity-epochs (100 by default).
+  c) FLOP rate of a 50-config grid through run_experiment: FLOPs of one training step per model counted with
+     torch.utils.flop_counter (forward + backward, batch 32) times the steps taken, plus the forward FLOPs
+     of the per-epoch selection passes and the final test passes, over wall time; compared with the rate
+     of a 4096 x 4096 fp32 matmul at the same thread count, measured in the same run.
+
+    .venv/bin/python benchmarks/trainer_speed.py --quick          # smoke run (a minute)
+    .venv/bin/python benchmarks/trainer_speed.py                  # the figures of RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from trainer.data import FeatureSet, load_features  # noqa: E402
+from trainer.fit import run_experiment  # noqa: E402
+from trainer.metrics import score  # noqa: E402
+from trainer.models import build_model  # noqa: E402
+from trainer.models.base import ModelSpec  # noqa: E402
+from trainer.protocol import Protocol  # noqa: E402
+from trainer.search import SPACE, trials  # noqa: E402
+from trainer.synthetic import MER2024_DIMS, make_store  # noqa: E402
+
+import _common as common  # noqa: E402
+
+MODALITIES = list(MER2024_DIMS)   # audio-1024, text-5120, video-768
+
+
+# ---------------------------------------------------------------------------------------------- MERTools-style side
+class SampleDataset(torch.utils.data.Dataset):
+    """One sample at a time, as MERTools' Data_Feat: a dict of per-modality vectors and the labels."""
+
+    def __init__(self, xs: list[np.ndarray], emo: np.ndarray, val: np.ndarray, rows: np.ndarray) -> None:
+        self.xs, self.emo, self.val, self.rows = xs, emo, val, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        r = self.rows[i]
+        return (*(torch.from_numpy(x[r]) for x in self.xs), torch.tensor(self.emo[r]), torch.tensor(self.val[r]))
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, d: int, h: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                                 nn.Linear(h, h), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class AttentionModel(nn.Module):
+    def __init__(self, dims: list[int], h: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(MLPEncoder(d, h, dropout) for d in dims)
+        self.attention_mlp = MLPEncoder(h * len(dims), h, dropout)
+        self.fc_att = nn.Linear(h, len(dims))
+        self.fc_out_1 = nn.Linear(h, n_classes)
+        self.fc_out_2 = nn.Linear(h, 1)
+
+    def forward(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hs = [enc(x) for enc, x in zip(self.encoders, xs)]
+        att = self.fc_att(self.attention_mlp(torch.cat(hs, dim=1))).unsqueeze(2)      # [B, M, 1]
+        fused = torch.matmul(torch.stack(hs, dim=2), att).squeeze(2)                   # [B, H]
+        return self.fc_out_1(fused), self.fc_out_2(fused).squeeze(1)
+
+
+def mertools_loop(fs: FeatureSet, plan: Any, epochs: int, seed: int = 0) -> dict[str, float]:
+    """One experiment the MERTools way; returns CV WAF (mean of the folds' best held-out WAF) and test WAF
+    (the fold-averaged logits of each fold's best epoch)."""
+    xs = [fs.features[m].x.numpy() for m in MODALITIES]
+    emo = fs.emotion.numpy()
+    val = np.nan_to_num(fs.valence.numpy())
+    test_rows = next(iter(plan.tests.values()))
+    test_loader = torch.utils.data.DataLoader(SampleDataset(xs, emo, val, test_rows), batch_size=32, shuffle=False)
+    cv, test_logits = [], []
+    torch.manual_seed(seed)
+
+    def run(model: nn.Module, loader: Any, opt: Any | None) -> tuple[np.ndarray, np.ndarray]:
+        model.train(opt is not None)
+        outs, labels = [], []
+        with torch.set_grad_enabled(opt is not None):
+            for *x, e, v in loader:
+                logits, vout = model(x)
+                if opt is not None:
+                    loss = nn.functional.cross_entropy(logits, e) + nn.functional.mse_loss(vout, v)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                outs.append(logits.detach().numpy())
+                labels.append(e.numpy())
+        return np.concatenate(outs), np.concatenate(labels)
+
+    for fold in plan.folds:
+        model = AttentionModel([fs.features[m].dim for m in MODALITIES], 128, len(fs.classes), 0.5)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
+        train_loader = torch.utils.data.DataLoader(SampleDataset(xs, emo, val, fold.train), batch_size=32, shuffle=True)
+        eval_loader = torch.utils.data.DataLoader(SampleDataset(xs, emo, val, fold.heldout), batch_size=32, shuffle=False)
+        best, best_test = -1.0, None
+        for _ in range(epochs):
+            run(model, train_loader, opt)
+            lo, y = run(model, eval_loader, None)
+            tl, _ = run(model, test_loader, None)
+            waf = score("waf", emotion=y, logits=lo).waf
+            if waf > best:
+                best, best_test = waf, tl
+        cv.append(best)
+        test_logits.append(best_test)
+    test = score("waf", emotion=emo[test_rows], logits=np.mean(test_logits, axis=0)).waf
+    return {"cv_waf": float(np.mean(cv)), "test_waf": float(test)}
+
+
+# ---------------------------------------------------------------------------------------------- featstore side
+def featstore_run(fs: FeatureSet, epochs: int, threads: int, configs: list[dict[str, Any]] | None = None
+                  ) -> tuple[dict[str, float], Any]:
+    proto = Protocol(folds="cv5", epochs=epochs, threads=threads)
+    res = run_experiment(fs, "attention", proto, configs)
+    d = {r["split"]: r for r in res.summary()}
+    test = next(s for s in d if s not in ("cv", "inner"))
+    return {"cv_waf": d["cv"]["waf_mean"], "test_waf": d[test]["waf_mean"]}, res
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+def step_flops(fs: FeatureSet, hidden: int, batch: int = 32) -> tuple[int, int]:
+    """(forward+backward FLOPs of one training step, forward FLOPs per row) of ONE attention model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = ModelSpec(branches={m: (m,) for m in MODALITIES}, dims={m: fs.features[m].dim for m in MODALITIES},
+                     n_classes=len(fs.classes), n_valence=1, hidden=hidden, dropout=[0.5],
+                     init_generators=[torch.Generator().manual_seed(0)],
+                     drop_generators=[torch.Generator().manual_seed(1)], device=torch.device("cpu"))
+    model = build_model("attention", spec)
+    x = {m: torch.randn(1, batch, fs.features[m].dim) for m in MODALITIES}
+    with FlopCounterMode(display=False) as fc:
+        out = model(x)
+        (out["emotion"].sum() + out["valence"].sum()).backward()
+    train = fc.get_total_flops()
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc2:
+        model(x)
+    return train, fc2.get_total_flops() // batch
+
+
+def matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int) -> dict[str, Any]:
+    space = {**SPACE, "weight_decay": (0.0, 1e-5, 1e-4)}
+    cfgs = trials(n_configs, seed=0, space=space)
+    plan = Protocol(folds="cv5").plan(fs, 0)
+    n_train = [len(f.train) for f in plan.folds]
+    n_sel = sum(len(f.select) for f in plan.folds)
+    n_test = sum(len(r) for r in plan.tests.values())
+    per = {h: step_flops(fs, h) for h in SPACE["hidden"]}
+    train_flops = eval_flops = 0
+    for c in cfgs:
+        tr, fwd_row = per[c["hidden"]]
+        steps = sum(-(-n // 32) for n in n_train) * epochs
+        train_flops += steps * tr
+        eval_flops += fwd_row * (n_sel * epochs + n_test * len(plan.folds))
+    t = time.perf_counter()
+    featstore_run(fs, epochs, threads, cfgs)
+    wall = time.perf_counter() - t
+    return {"configs": len(cfgs), "models": len(cfgs) * len(plan.folds), "epochs": epochs, "wall_s": wall,
+            "train_flops": train_flops, "eval_flops": eval_flops,
+            "rate_train": train_flops / wall, "rate_all": (train_flops + eval_flops) / wall}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of the timed passes (both sides)")
+    ap.add_argument("--threads", default="1,2", help="thread counts of the speed figure")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per side and thread count")
+    ap.add_argument("--parity-epochs", type=int, default=100, help="epochs of the parity figure (0: skip)")
+    ap.add_argument("--grid-configs", type=int, default=50)
+    ap.add_argument("--grid-epochs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 repeat, 1 thread, small grid")
+    ap.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
+                    help="before each pass wait until the CPUs are this idle (shared machines)")
+    ap.add_argument("--max-wait", type=float, default=120.0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.repeats, args.threads, args.parity_epochs = 2, 1, "1", 3
+        args.grid_configs, args.grid_epochs = 6, 1
+    threads = [int(t) for t in args.threads.split(",")]
+    print(f"machine: {common.machine()}; torch {torch.__version__}")
+    print(f"before: {common.uptime()}", flush=True)
+    out: dict[str, Any] = {"machine": common.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "args": {k: str(v) for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_store(Path(tmp) / "s.zarr", n_train=5030, n_test=1000, dims=MER2024_DIMS, signal=0.35, seed=0)
+        fs = load_features(Path(tmp) / "s.zarr", "synth", audio=["audio-1024"], text=["text-5120"], video=["video-768"])
+    plan = Protocol(folds="cv5").plan(fs, 0)
+
+    # a) speed, interleaved
+    speed: dict[int, dict[str, list[float]]] = {}
+    for t in threads:
+        torch.set_num_threads(t)
+        speed[t] = {"mertools": [], "featstore": []}
+        for r in range(args.repeats):
+            for side in ("mertools", "featstore"):
+                load = common.wait_idle(args.wait_idle, args.max_wait)
+                t0 = time.perf_counter()
+                if side == "mertools":
+                    mertools_loop(fs, plan, args.epochs)
+                else:
+                    featstore_run(fs, args.epochs, t)
+                dt = time.perf_counter() - t0
+                speed[t][side].append(dt)
+                print(f"speed threads={t} pass {r} {side}: {dt:.2f} s ({load})", flush=True)
+        m, f = statistics.median(speed[t]["mertools"]), statistics.median(speed[t]["featstore"])
+        print(f"speed threads={t}: MERTools-style {m:.2f} s, featstore {f:.2f} s -> {m / f:.2f}x", flush=True)
+    out["speed"] = {t: {**v, "ratio": statistics.median(v["mertools"]) / statistics.median(v["featstore"])}
+                    for t, v in speed.items()}
+
+    # b) parity
+    if args.parity_epochs:
+        torch.set_num_threads(max(threads))
+        t0 = time.perf_counter()
+        mt = mertools_loop(fs, plan, args.parity_epochs)
+        t1 = time.perf_counter()
+        fe, _ = featstore_run(fs, args.parity_epochs, max(threads))
+        t2 = time.perf_counter()
+        out["parity"] = {"epochs": args.parity_epochs, "mertools": mt, "featstore": fe,
+                         "mertools_s": t1 - t0, "featstore_s": t2 - t1,
+                         "diff_cv_points": 100 * (fe["cv_waf"] - mt["cv_waf"]),
+                         "diff_test_points": 100 * (fe["test_waf"] - mt["test_waf"])}
+        print(f"parity @ {args.parity_epochs} epochs: MERTools-style CV {mt['cv_waf']:.4f} test {mt['test_waf']:.4f} "
+              f"({t1 - t0:.0f} s); featstore CV {fe['cv_waf']:.4f} test {fe['test_waf']:.4f} ({t2 - t1:.0f} s)",
+              flush=True)
+
+    # c) FLOP rate of a 50-config grid vs a 4096^2 matmul, same threads
+    flops = {}
+    for t in threads:
+        common.wait_idle(args.wait_idle, args.max_wait)
+        mm = matmul_rate(t)
+        g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs)
+        mm2 = matmul_rate(t)
+        mmr = (mm + mm2) / 2
+        flops[t] = {**g, "matmul_rate": mmr, "share_train": g["rate_train"] / mmr, "share_all": g["rate_all"] / mmr}
+        print(f"grid threads={t}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in {g['wall_s']:.1f} s: "
+              f"{g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with evaluation); "
+              f"matmul 4096^2 {mmr / 1e9:.1f} GFLOP/s -> {g['rate_train'] / mmr:.0%} ({g['rate_all'] / mmr:.0%})",
+              flush=True)
+    out["flops"] = flops
+    print(f"after: {common.uptime()}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
