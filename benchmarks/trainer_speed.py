@@ -214,9 +214,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=10, help="epochs of the timed passes (both sides)")
     ap.add_argument("--threads", default="1,2", help="thread counts of the speed figure")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per side and thread count")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per side and thread count (0: skip)")
     ap.add_argument("--parity-epochs", type=int, default=100, help="epochs of the parity figure (0: skip)")
-    ap.add_argument("--grid-configs", type=int, default=50)
+    ap.add_argument("--grid-configs", type=int, default=50, help="configs of the FLOP-rate grid (0: skip)")
     ap.add_argument("--grid-epochs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 repeat, 1 thread, small grid")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
@@ -239,7 +239,7 @@ def main() -> None:
 
     # a) speed, interleaved
     speed: dict[int, dict[str, list[float]]] = {}
-    for t in threads:
+    for t in threads if args.repeats else []:
         torch.set_num_threads(t)
         speed[t] = {"mertools": [], "featstore": []}
         for r in range(args.repeats):
@@ -276,7 +276,7 @@ def main() -> None:
 
     # c) FLOP rate of a 50-config grid vs a 4096^2 matmul, same threads
     flops = {}
-    for t in threads:
+    for t in threads if args.grid_configs else []:
         common.wait_idle(args.wait_idle, args.max_wait)
         mm = matmul_rate(t)
         g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs)
