@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from featstore.errors import FeatstoreError
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(FeatstoreError, ValueError):
+    """A release that does not make a consistent index (duplicate ids, misaligned columns)."""
 
 
 @dataclass
@@ -32,13 +42,31 @@ class DatasetIndex:
         if len(set(self.ids)) != n:
             seen: set[str] = set()
             dup = next(i for i in self.ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise ValueError(f"dataset {self.name}: duplicate sample id '{dup}'")
+            raise DatasetError(f"dataset {self.name}: duplicate sample id '{dup}' ({n - len(set(self.ids))} "
+                               f"duplicate(s) in all)")
         for what, arrs in (("label", self.labels), ("subset", self.subsets)):
             for k, a in arrs.items():
                 if len(a) != n:
-                    raise ValueError(f"dataset {self.name}: {what} '{k}' has {len(a)} rows for {n} ids")
+                    raise DatasetError(f"dataset {self.name}: {what} '{k}' has {len(a)} rows for {n} ids")
         if len(self.media) != n or len(self.text) != n:
-            raise ValueError(f"dataset {self.name}: media/text lists must have {n} entries")
+            raise DatasetError(f"dataset {self.name}: media/text lists must have {n} entries")
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def counts(self) -> dict[str, int]:
+        """{'all': samples, subset: members, ...}: what a user checks against the paper's table."""
+        return {"all": len(self.ids), **{k: int(np.asarray(v).sum()) for k, v in self.subsets.items()}}
+
+
+def report_counts(index: DatasetIndex, spec: Any) -> str:
+    """Log (and return) the index's counts next to the catalog's expected counts of the real release."""
+    got = index.counts()
+    expected = dict(getattr(spec, "expected_counts", {}) or {})
+    parts = [f"{k} {v:,}" + (f" (expected {expected[k]:,})" if k in expected and expected[k] != v else "")
+             for k, v in got.items()]
+    line = f"dataset {index.name}: " + ", ".join(parts)
+    differs = any(k in expected and expected[k] != v for k, v in got.items())
+    log.log(logging.WARNING if differs else logging.INFO, "%s", line)
+    return line
+

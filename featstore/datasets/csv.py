@@ -94,7 +94,7 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
         sid = cell(r, "id")
         if not sid:
             raise FeatstoreError(f"dataset {name}: {path} line {line}: empty '{columns['id']}'")
-        if _has_bad_bytes(sid) or _has_bad_bytes(cell(r, "emotion")) or _has_bad_bytes(cell(r, "split")):
+        if has_bad_bytes(sid) or has_bad_bytes(cell(r, "emotion")) or has_bad_bytes(cell(r, "split")):
             raise FeatstoreError(f"dataset {name}: {path} line {line}: id/emotion/split is not valid UTF-8")
         if sid in seen:
             raise FeatstoreError(f"dataset {name}: {path} line {line}: duplicate id '{sid}'")
@@ -109,7 +109,7 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
             if rel:
                 missing_media.append(sid)
         sub = (r.get(columns["subtitle"]) or None) if has["subtitle"] else None
-        if sub is not None and _has_bad_bytes(sub):
+        if sub is not None and has_bad_bytes(sub):
             text_errors[j] = "subtitle is not valid UTF-8"
             sub = None
         text.append(sub)
@@ -144,6 +144,6 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
                         groups=np.array(groups, dtype=str) if has["group"] else None, text_errors=text_errors)
 
 
-def _has_bad_bytes(value: str) -> bool:
+def has_bad_bytes(value: str) -> bool:
     """True when `value` holds bytes that were not valid UTF-8 (decoded with surrogateescape)."""
     return any("\udc80" <= ch <= "\udcff" for ch in value)
