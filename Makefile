@@ -40,6 +40,10 @@ demo: $(STAMP) sysdeps
 	$(BUILD) --dataset demo --encoder fer-cnn --corruption blur
 	$(BIN)/featstore ls --store $(STORE)
 	$(BIN)/featstore info demo/egemaps --store $(STORE)
+	$(BIN)/trainer rank --dataset demo --store $(STORE) --trials 4 --epochs 30
+	$(BIN)/trainer grid --dataset demo --store $(STORE) --topn 1 --modalities AV,AT,VT,AVT --trials 4 --epochs 30
+	$(BIN)/trainer run --dataset demo --store $(STORE) --audio egemaps --protocol strict --epochs 30 --test-corruption snr5-10
+	$(BIN)/trainer report --store $(STORE) --plot $(DEMO_DIR)/plots
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
@@ -51,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store_read.py
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(STORE)
+	rm -rf $(DEMO_DIR) $(STORE) results.sqlite results.sqlite-wal results.sqlite-shm

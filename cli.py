@@ -634,8 +634,9 @@ def _ranking_json(order: dict[str, list[Any]]) -> dict[str, list[dict[str, Any]]
 
 def _print_ranking(order: dict[str, list[Any]], title: str) -> None:
     t = Table(title=title, title_justify="left")
-    for col in ("modality", "#", "encoder", "CV WAF", "test WAF", "configs", "seeds", "best config"):
-        t.add_column(col, no_wrap=True)
+    for col in ("modality", "#", "encoder", "CV WAF", "test WAF", "configs", "seeds"):
+        t.add_column(col, no_wrap=True, min_width=len(col))
+    t.add_column("best config", overflow="fold")
     for m, lst in order.items():
         for i, r in enumerate(lst, 1):
             t.add_row(m, str(i), r.encoder, f"{r.cv_waf:.4f}", "—" if r.test_waf != r.test_waf else f"{r.test_waf:.4f}",

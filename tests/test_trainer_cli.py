@@ -67,7 +67,7 @@ def test_rank_grid_and_report_from_the_command_line(store: str, tmp_path: Path) 
     again = _json(trainer("grid", *common, "--topn", "1-2", "--modalities", "AV,AT", "--trials", "3", "--json"))
     assert again["trained"] == 0 and again["skipped"] == 12 and again["rows_added"] == 0
     md = trainer("report", "--store", store, "--results", db, "--plot", str(tmp_path / "plots"))
-    assert "Table 3 style" in md and "Table 4 style" in md and "| synth | mertools | attention | AV | 2 |" in md
+    assert "Table 3 style" in md and "Table 4 style" in md and "| synth | mertools | attention | clean | AV | 2 |" in md
     assert (tmp_path / "plots" / "topn-synth-mertools.png").is_file()
 
 

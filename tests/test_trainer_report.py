@@ -147,3 +147,22 @@ def test_empty_database_and_unknown_dataset_are_named(filled: tuple[ResultsDB, d
         trials(ResultsDB(tmp_path / "empty.sqlite"))
     with pytest.raises(UnknownNameError, match="synth"):
         trials(filled[0], "synht")
+
+
+def test_a_noisy_test_corruption_is_its_own_row(tmp_path: Path) -> None:
+    """Train clean, test on a corrupted key: the report names the corruption and keeps it apart from clean."""
+    from trainer.synthetic import make_store
+
+    store = make_store(tmp_path / "s.zarr", n_train=90, n_test=30, dims={"a1": ("audio", 8), "v1": ("visual", 6)},
+                       corruptions=("clean", "snr5"))
+    db = ResultsDB(tmp_path / "r.sqlite")
+    proto = Protocol(epochs=2, folds="cv3")
+    for test_cor in (None, "snr5"):
+        fs = load_features(store, "synth", audio=["a1"], video=["v1"], test_corruption=test_cor)
+        record(db, run_experiment(fs, "attention", proto), test_corruption=test_cor)
+        fs1 = load_features(store, "synth", audio=["a1"], test_corruption=test_cor)
+        record(db, run_experiment(fs1, "mlp", proto), test_corruption=test_cor)
+    multi = multimodal_table(trials(db))
+    assert sorted(r[multi.columns.index("corruption")] for r in multi.rows) == ["clean", "clean -> snr5"]
+    uni = unimodal_table(trials(db))
+    assert sorted(r[uni.columns.index("feature")] for r in uni.rows) == ["a1/clean", "a1/clean -> snr5"]

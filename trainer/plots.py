@@ -89,7 +89,7 @@ def topn_plots(ts: Sequence[Trial], out: Path) -> list[Path]:
     if not multi:
         return []
     plt = _plt()
-    best = best_by(multi, lambda t: (t.mode, t.fusion, t.combo, t.topn))
+    best = best_by([t for t in multi if t.corruptions == "clean"] or multi, lambda t: (t.mode, t.fusion, t.combo, t.topn))
     splits = test_splits(list(best.values()))
     files = []
     for mode in sorted({k[0] for k in best}):

@@ -36,6 +36,7 @@ class Trial:
     fusion: str
     features: dict[str, list[str]]
     hyper: dict[str, Any]
+    test_corruption: str | None = None
     seeds: int = 0
     stats: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)   # split -> metric -> (mean, std)
 
@@ -55,8 +56,16 @@ class Trial:
 
     @property
     def feature(self) -> str:
-        """The single feature of a unimodal trial ('encoder/corruption')."""
-        return next(k for v in self.features.values() for k in v)
+        """The single feature of a unimodal trial ('encoder/corruption', '-> test corruption' when it differs)."""
+        key = next(k for v in self.features.values() for k in v)
+        return key + (f" -> {self.test_corruption}" if self.test_corruption not in (None, key.split("/")[-1]) else "")
+
+    @property
+    def corruptions(self) -> str:
+        """'train -> test' corruptions of a trial ('clean' when neither is corrupted)."""
+        train = sorted({k.split("/")[-1] for v in self.features.values() for k in v})
+        test = self.test_corruption
+        return ",".join(train) + (f" -> {test}" if test not in (None, *train) else "")
 
     def get(self, split: str, metric: str) -> tuple[float, float]:
         return self.stats.get(split, {}).get(metric, (math.nan, math.nan))
@@ -91,7 +100,8 @@ def trials(db: ResultsDB, dataset: str | None = None, mode: str | None = None) -
     for r in rows:
         h = r["config_hash"]
         if h not in by:
-            by[h] = Trial(h, r["dataset"], r["mode"], r["fusion"], r["features"] or {}, r["hyper"] or {})
+            by[h] = Trial(h, r["dataset"], r["mode"], r["fusion"], r["features"] or {}, r["hyper"] or {},
+                          r.get("test_corruption"))
         seeds.setdefault(h, set()).add(int(r["seed"]))
         for m in METRICS:
             values.setdefault((h, r["split"], m), []).append(r[m] if r[m] is not None else math.nan)
@@ -145,12 +155,13 @@ def unimodal_table(trials_: Sequence[Trial]) -> Table:
 def multimodal_table(trials_: Sequence[Trial]) -> Table:
     """Table 4 style: per dataset, mode, fusion, modality combination and Top-N, the best config by CV score."""
     multi = [t for t in trials_ if len(t.features) > 1 or t.n_features > 1]
-    best = best_by(multi, lambda t: (t.dataset, t.mode, t.fusion, t.combo, t.topn))
+    best = best_by(multi, lambda t: (t.dataset, t.mode, t.fusion, t.corruptions, t.combo, t.topn))
     splits = test_splits(list(best.values()))
-    cols = ["dataset", "mode", "fusion", "modalities", "top-N", "features", "hidden", "lr", "dropout", "seeds",
+    cols = ["dataset", "mode", "fusion", "corruption", "modalities", "top-N", "features", "hidden", "lr", "dropout", "seeds",
             "CV WAF", "CV ACC"] + [f"{s} {m}" for s in splits for m in ("WAF", "ACC")]
-    order = sorted(best.values(), key=lambda t: (t.dataset, t.mode, t.fusion, len(t.combo), t.combo, t.topn))
-    rows = [[t.dataset, t.mode, t.fusion, t.combo, str(t.topn),
+    order = sorted(best.values(), key=lambda t: (t.dataset, t.mode, t.fusion, t.corruptions, len(t.combo), t.combo,
+                                                 t.topn))
+    rows = [[t.dataset, t.mode, t.fusion, t.corruptions, t.combo, str(t.topn),
              " + ".join(k.split("/")[0] for v in t.features.values() for k in v), *_hyper(t), str(t.seeds),
              t.get("cv", "waf"), t.get("cv", "acc"), *[t.get(s, m) for s in splits for m in ("waf", "acc")]]
             for t in order]
