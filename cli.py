@@ -754,6 +754,52 @@ def trainer_grid_cmd(
     console.print("tables: trainer report --dataset " + dataset)
 
 
+@command(trainer_app, "noise")
+def trainer_noise_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
+    train: Annotated[str, typer.Option("--train", help="Train corruptions, comma-separated (e.g. clean,snr5,snr10).")] = "clean",
+    test: Annotated[str, typer.Option("--test", help="Test corruptions, comma-separated.")] = "clean,snr5-10",
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    trials: Annotated[int, typer.Option(help="Configs per (train, test) pair from the 24-point space (1: its first point).")] = 1,
+    protocol: ProtocolOpt = "mertools",
+    epochs: EpochsOpt = 100,
+    batch_size: BatchOpt = 32,
+    weight_decay: WeightDecayOpt = 1e-5,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    max_models: MaxModelsOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Noise robustness: train under each --train corruption, test under each --test corruption (MERBench Tables
+    14-15); a corruption changes only its own modality's features. `trainer report` shows the matrix."""
+    from trainer.grid import run_noise
+
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+                      seeds=seeds, threads=threads)
+    chosen = {k: _split_names(v) for k, v in (("audio", audio), ("text", text), ("video", video)) if v}
+    if not chosen:
+        raise FeatstoreError("give at least one encoder (--audio, --text or --video)")
+    fs = _open(store, read_only=True)
+    db = _results_db(results, fs.path)
+    with _cluster(workers, scheduler) as client, _progress() as prog:
+        rep = run_noise(fs, db, dataset, proto, chosen, train_corruptions=_split_names(train),
+                        test_corruptions=_split_names(test), fusion=fusion, n_trials=trials, client=client,
+                        max_models=max_models, progress=_search_progress(prog, f"noise {dataset}"))
+    if as_json:
+        _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "wall_s": rep.seconds})
+        return
+    console.print(f"{dataset}: {rep.trained} trials trained, {rep.skipped} already in {db.path} ({rep.seconds:.1f} s); "
+                  f"the matrix: trainer report --dataset {dataset}")
+
+
 @command(trainer_app, "report")
 def trainer_report_cmd(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (default: all in the database).")] = None,

@@ -81,3 +81,22 @@ def test_bad_names_and_missing_features_are_one_line_errors(store: str, tmp_path
     assert "unknown letter" in trainer("grid", "--store", store, "--dataset", "synth", "--modalities", "AQ",
                                         "--results", db, code=1)
     assert "no results database" in trainer("report", "--store", store, "--results", db, code=1)  # nothing written
+
+
+def test_noise_matrix_from_the_command_line(tmp_path: Path) -> None:
+    from trainer.synthetic import make_store
+
+    store = str(tmp_path / "n.zarr")
+    make_store(store, n_train=90, n_test=30, dims={"a1": ("audio", 8), "v1": ("visual", 6)},
+               corruptions=("clean", "snr5", "snr10"))
+    db = str(tmp_path / "r.sqlite")
+    args = ["noise", "--store", store, "--dataset", "synth", "--audio", "a1", "--video", "v1", "--train", "clean,snr10",
+            "--test", "clean,snr5,snr10", "--epochs", "2", "--folds", "cv3", "--results", db, "--json"]
+    assert _json(trainer(*args))["trained"] == 6
+    assert _json(trainer(*args))["skipped"] == 6                      # resumable
+    md = trainer("report", "--store", store, "--results", db)
+    assert "Noise robustness" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| synth | mertools | attention | a1 + v1 | test1 |")]
+    assert len(rows) == 2 and rows[0].count("±") == 3 and "| clean |" in rows[0] and "| snr10 |" in rows[1]
+    header = next(ln for ln in md.splitlines() if "train \\ test" in ln)
+    assert header.endswith("| clean | snr10 | snr5 |")

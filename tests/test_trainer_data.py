@@ -94,3 +94,18 @@ def test_branch_layouts_concat_and_replicate(store_path: Path) -> None:
 def test_subsets_restrict_the_rows_loaded(store_path: Path) -> None:
     fs = load_features(store_path, "synth", audio=["aud"], subsets=["train"])
     assert fs.n == 40 and set(fs.subsets) == {"train"}
+
+
+def test_a_corruption_applies_to_its_own_modality_only(tmp_path: Path) -> None:
+    """Speech noise changes the audio features; visual features stay on their clean key (MERBench's noise tests)."""
+    from trainer.synthetic import make_store
+
+    store = make_store(tmp_path / "s.zarr", n_train=40, n_test=20, dims={"a1": ("audio", 6), "v1": ("visual", 4)},
+                       corruptions=("clean", "snr5"))
+    fs = load_features(store, "synth", audio=["a1"], video=["v1"], test_corruption="snr5")
+    assert fs.describe() == {"audio": ["a1/clean"], "visual": ["v1/clean"]}
+    assert fs.features["a1"].test_key == "a1/snr5" and fs.features["v1"].test_key == "v1/clean"
+    assert not torch.equal(fs.features["a1"].x_test, fs.features["a1"].x)
+    assert fs.features["v1"].x_test is fs.features["v1"].x
+    both = load_features(store, "synth", audio=["a1"], video=["v1"], corruption="snr5")
+    assert both.describe() == {"audio": ["a1/snr5"], "visual": ["v1/clean"]}

@@ -160,6 +160,15 @@ class FeatureSet:
         return dataclasses.replace(self, features=feats)
 
 
+def key_corruption(catalog: Catalog, modality: str, corruption: str) -> str:
+    """The corruption an encoder of `modality` reads under `corruption`: a catalog corruption that changes another
+    modality's input (speech noise for a text or visual encoder, blur for audio, ...) leaves it on `clean`."""
+    spec = catalog.corruptions.get(corruption)
+    if spec is not None and spec.modality and spec.modality != modality:
+        return "clean"
+    return corruption
+
+
 def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] | str = (),
                   text: Sequence[str] | str = (), video: Sequence[str] | str = (), *, corruption: str = "clean",
                   test_corruption: str | None = None, layers: Sequence[int] | dict[str, Sequence[int]] | None = None,
@@ -173,7 +182,9 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
     the same) for test rows (rows outside the train/val subsets; every row when the dataset has groups,
     since leave-one-group-out scores the held-out group on it, as MERTools does). layers: stored layers to
     average (None = all stored layers; a dict per encoder works). subsets: which subsets' rows to load
-    (default all). concat: modalities whose features become one concatenated branch.
+    (default all). concat: modalities whose features become one concatenated branch. A corruption applies
+    to the encoders of its own modality; the others read their clean key (`key_corruption`), so
+    `--test-corruption snr5-10` on an audio+text+video set makes the audio noisy and nothing else.
 
     Errors: unknown dataset/encoder/corruption names -> UnknownNameError with the closest names; a key that
     is not built -> the store's MissingKeyError (it names the `featstore build` command); NaN/Inf in a done
@@ -242,23 +253,23 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
             while name in features:
                 name, i = f"{enc}#{i}", i + 1
             lay = layers.get(enc) if isinstance(layers, dict) else layers
-            same = test_corruption == corruption
-            x, avail, h, dim = _read(fs, KeyName(dataset, enc, corruption), rows,
+            spec = cat.encoders.get(enc)
+            modality = spec.modality if spec is not None else MODALITY_ARGS[arg]
+            cor, test_cor = key_corruption(cat, modality, corruption), key_corruption(cat, modality, test_corruption)
+            same = test_cor == cor
+            x, avail, h, dim = _read(fs, KeyName(dataset, enc, cor), rows,
                                      (train_role | test_role) if same else train_role, lay, ids_all)
             if same:
                 xt, avail_t, ht = x, avail, h
             else:
-                xt, avail_t, ht, dim_t = _read(fs, KeyName(dataset, enc, test_corruption), rows, test_role, lay,
-                                               ids_all)
+                xt, avail_t, ht, dim_t = _read(fs, KeyName(dataset, enc, test_cor), rows, test_role, lay, ids_all)
                 if dim_t != dim:
-                    raise StoreError(f"{dataset}/{enc}: {corruption} has dim {dim}, {test_corruption} has {dim_t}")
+                    raise StoreError(f"{dataset}/{enc}: {cor} has dim {dim}, {test_cor} has {dim_t}")
                 # a row's train values serve where it is a training row, its test values where it is a test row
                 avail = avail & torch.from_numpy(train_role)
                 avail_t = avail_t & torch.from_numpy(test_role)
-            spec = cat.encoders.get(enc)
-            modality = spec.modality if spec is not None else MODALITY_ARGS[arg]
-            features[name] = Feature(name=name, encoder=enc, modality=modality, corruption=corruption,
-                                     test_corruption=test_corruption, dim=dim, x=x, x_test=xt, avail=avail,
+            features[name] = Feature(name=name, encoder=enc, modality=modality, corruption=cor,
+                                     test_corruption=test_cor, dim=dim, x=x, x_test=xt, avail=avail,
                                      avail_test=avail_t, spec_hash=h, test_spec_hash=ht,
                                      layers="all" if lay is None else ",".join(str(int(v)) for v in lay))
             branches.append(Branch(name, modality, (name,)))

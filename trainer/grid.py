@@ -20,7 +20,7 @@ from typing import Any
 from featstore.catalog import Catalog, load_catalog
 from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
-from trainer.data import MODALITY_ARGS, load_features
+from trainer.data import MODALITY_ARGS, key_corruption, load_features
 from trainer.fit import normalise_configs, run_experiment
 from trainer.protocol import Protocol
 from trainer.record import output_rows, result_rows, trial_definition
@@ -104,8 +104,9 @@ def feature_identity(store: FeatureStore, dataset: str, chosen: dict[str, list[s
         for enc in chosen.get(arg, []):
             spec = cat.encoders.get(enc)
             modality = spec.modality if spec is not None else MODALITY_ARGS[arg]
-            describe.setdefault(modality, []).append(f"{enc}/{corruption}")
-            for cor in (corruption, test_corruption):
+            train_cor = key_corruption(cat, modality, corruption)
+            describe.setdefault(modality, []).append(f"{enc}/{train_cor}")
+            for cor in (train_cor, key_corruption(cat, modality, test_corruption)):
                 fa = store.open_key(KeyName(dataset, enc, cor))   # MissingKeyError naming the build command
                 hashes[f"{enc}/{cor}"] = str(fa.attrs.get("spec_hash", ""))
     return describe, hashes
@@ -296,5 +297,30 @@ def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
     rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, test_corruption, "default", client,
                     max_models, progress)
     rep.notes = notes + rep.notes
+    return rep
+
+
+def run_noise(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protocol, chosen: dict[str, list[str]], *,
+              train_corruptions: Sequence[str], test_corruptions: Sequence[str], fusion: str = "attention",
+              n_trials: int = 1, trial_seed: int = 0, configs: list[dict[str, Any]] | None = None, client: Any = None,
+              max_models: int | None = None, progress: Progress | None = None) -> SearchReport:
+    """Train under each train corruption and test under each test corruption (MERBench Tables 14-15): one
+    experiment per pair and config, recorded with its test corruption; resumable like a grid. A corruption
+    changes only the encoders of its modality (trainer.data.key_corruption)."""
+    cfgs = configs if configs is not None else trials(n_trials, trial_seed)
+    rep = SearchReport([])
+    t0 = time.perf_counter()
+    for tr in train_corruptions:
+        for te in test_corruptions:
+            label = f"train {tr} / test {te}"
+            test = te if te != tr else None          # as `trainer run` records a run without --test-corruption
+            tasks = _plan(store, db, dataset, [(label, chosen, 0, "")], fusion, protocol, cfgs, tr, test, "default")
+            sub = run_tasks(store, db, dataset, tasks, fusion, protocol, tr, test, "default", client, max_models,
+                            progress)
+            rep.tasks += sub.tasks
+            rep.trained += sub.trained
+            rep.skipped += sub.skipped
+            rep.rows_added += sub.rows_added
+    rep.seconds = time.perf_counter() - t0
     return rep
 

@@ -61,11 +61,22 @@ class Trial:
         return key + (f" -> {self.test_corruption}" if self.test_corruption not in (None, key.split("/")[-1]) else "")
 
     @property
+    def train_corruption(self) -> str:
+        """The corruption trained on: the non-clean corruption(s) of its keys (a corruption leaves the other
+        modalities on clean keys), else 'clean'."""
+        cors = sorted({k.split("/")[-1] for v in self.features.values() for k in v} - {"clean"})
+        return ",".join(cors) or "clean"
+
+    @property
+    def test_corruption_name(self) -> str:
+        """The corruption tested on (the train corruption when none was given)."""
+        return self.test_corruption or self.train_corruption
+
+    @property
     def corruptions(self) -> str:
         """'train -> test' corruptions of a trial ('clean' when neither is corrupted)."""
-        train = sorted({k.split("/")[-1] for v in self.features.values() for k in v})
-        test = self.test_corruption
-        return ",".join(train) + (f" -> {test}" if test not in (None, *train) else "")
+        train, test = self.train_corruption, self.test_corruption_name
+        return train + (f" -> {test}" if test != train else "")
 
     def get(self, split: str, metric: str) -> tuple[float, float]:
         return self.stats.get(split, {}).get(metric, (math.nan, math.nan))
@@ -169,10 +180,43 @@ def multimodal_table(trials_: Sequence[Trial]) -> Table:
                  cols, rows)
 
 
+def noise_table(trials_: Sequence[Trial]) -> Table:
+    """MERBench Tables 14-15 style: for a feature set trained and tested under several corruptions, the first
+    test split's WAF of the best config (by CV score) per train corruption (rows) x test corruption (columns)."""
+    def base(t: Trial) -> tuple[Any, ...]:
+        encs = tuple(sorted(k.split("/")[0] for v in t.features.values() for k in v))
+        return (t.dataset, t.mode, t.fusion, encs)
+
+    def pair(t: Trial) -> tuple[str, str]:
+        return t.train_corruption, t.test_corruption_name
+
+    groups: dict[tuple[Any, ...], list[Trial]] = {}
+    for t in trials_:
+        groups.setdefault(base(t), []).append(t)
+    rows, tests_all = [], set()
+    for key, ts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        best = best_by(ts, pair)
+        if len({p[1] for p in best}) < 2 and len({p[0] for p in best}) < 2:
+            continue
+        splits = test_splits(list(best.values()))
+        if not splits:
+            continue
+        for train in sorted({p[0] for p in best}):
+            cells = {te: best[(tr, te)].get(splits[0], "waf") for (tr, te) in best if tr == train}
+            tests_all |= set(cells)
+            rows.append((key, train, splits[0], cells))
+    tests = sorted(tests_all, key=lambda c: (c != "clean", c))
+    cols = ["dataset", "mode", "fusion", "features", "split", "train \\ test"] + tests
+    out = [[k[0], k[1], k[2], " + ".join(k[3]), split, train] + [cells.get(te, (math.nan, math.nan)) for te in tests]
+           for k, train, split, cells in rows]
+    return Table("noise", "Noise robustness (MERBench Tables 14-15 style): test WAF, train corruption x test corruption; "
+                          "%, mean ± std over seeds", cols, out)
+
+
 def tables(db: ResultsDB, dataset: str | None = None, mode: str | None = None) -> list[Table]:
     """The report's tables (those with rows)."""
     ts = trials(db, dataset, mode)
-    return [t for t in (unimodal_table(ts), multimodal_table(ts)) if t.rows]
+    return [t for t in (unimodal_table(ts), multimodal_table(ts), noise_table(ts)) if t.rows]
 
 
 def render(tabs: Sequence[Table], fmt: str = "md") -> str:
