@@ -800,6 +800,73 @@ def trainer_noise_cmd(
                   f"the matrix: trainer report --dataset {dataset}")
 
 
+@command(trainer_app, "semi")
+def trainer_semi_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
+    pool: Annotated[str, typer.Option(help="The unlabelled subset to pseudo-label.")] = "semi_pool",
+    eta: Annotated[float, typer.Option(help="Class thresholds at this quantile of correct out-of-fold confidences.")] = 0.5,
+    rounds: Annotated[int, typer.Option(help="Pseudo-labelling rounds.")] = 1,
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    protocol: ProtocolOpt = "mertools",
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    weight_decay: WeightDecayOpt = 1e-5,
+    batch_size: BatchOpt = 32,
+    epochs: EpochsOpt = 100,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    test_splits: TestSplitsOpt = None,
+    max_models: MaxModelsOpt = None,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """MER-SEMI: pseudo-label the unlabelled pool with class thresholds from out-of-fold confidences, retrain on
+    the same folds, and compare with the supervised model (MERBench Algorithm 1)."""
+    from trainer.data import load_features
+    from trainer.record import record
+    from trainer.semi import run_semi, without_split
+
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
+                      test_splits=test_splits)
+    fs = _open(store, read_only=True)
+    features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text), video=_split_names(video))
+    rep = run_semi(features, fusion, proto, pool=pool, eta=eta, rounds=rounds, max_models=max_models)
+    db = _results_db(results, fs.path)
+    record(db, rep.supervised)
+    rows = [("supervised", rep.supervised, {})]
+    for r in rep.rounds:
+        if r.result is not None:
+            record(db, without_split(r.result, pool), preset=f"semi-eta{eta:g}-round{r.round}")
+            rows.append((f"round {r.round}", r.result, r.selected))
+    table = []
+    for name, res, sel in rows:
+        summ = {d["split"]: d for d in res.summary() if d["split"] not in ("inner", pool)}
+        table.append({"model": name, "pseudo_labels": sum(sel.values()), "per_class": sel,
+                      **{sp: {"waf": d["waf_mean"], "waf_std": d["waf_std"], "acc": d["acc_mean"]} for sp, d in summ.items()}})
+    if as_json:
+        _print_json({"dataset": dataset, "pool": pool, "eta": eta, "models": table, "notes": rep.notes,
+                     "thresholds": [r.thresholds for r in rep.rounds]})
+        return
+    splits = [k for k in table[0] if k not in ("model", "pseudo_labels", "per_class")]
+    t = Table(title=f"{dataset}: MER-SEMI on '{pool}' (eta {eta:g}), {fusion}, {protocol} protocol", title_justify="left")
+    for col in ("model", "pseudo-labels", *[f"{s} WAF" for s in splits]):
+        t.add_column(col, no_wrap=True)
+    for row in table:
+        t.add_row(row["model"], str(row["pseudo_labels"]),
+                  *[_fmt({"waf_mean": row[s]["waf"], "waf_std": row[s]["waf_std"]}, "waf") if s in row else "—"
+                    for s in splits])
+    console.print(t)
+    for n in rep.notes:
+        err_console.print(f"[yellow]note:[/] {n}", highlight=False)
+
+
 @command(trainer_app, "report")
 def trainer_report_cmd(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (default: all in the database).")] = None,

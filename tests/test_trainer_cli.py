@@ -100,3 +100,18 @@ def test_noise_matrix_from_the_command_line(tmp_path: Path) -> None:
     assert len(rows) == 2 and rows[0].count("±") == 3 and "| clean |" in rows[0] and "| snr10 |" in rows[1]
     header = next(ln for ln in md.splitlines() if "train \\ test" in ln)
     assert header.endswith("| clean | snr10 | snr5 |")
+
+
+def test_semi_from_the_command_line(tmp_path: Path) -> None:
+    from trainer.synthetic import make_store
+
+    store = str(tmp_path / "p.zarr")
+    make_store(store, n_train=120, n_test=80, dims={"a1": ("audio", 8)}, signal=2.0, test_labels=False)
+    db = str(tmp_path / "r.sqlite")
+    out = _json(trainer("semi", "--store", store, "--dataset", "synth", "--audio", "a1", "--pool", "test1",
+                        "--epochs", "3", "--folds", "cv3", "--lr", "1e-3", "--results", db, "--json"))
+    sup, rnd = out["models"]
+    assert sup["model"] == "supervised" and rnd["model"] == "round 1" and 0 < rnd["pseudo_labels"] <= 80
+    assert "cv" in sup and "cv" in rnd and "test1" not in rnd
+    presets = {r["preset"] for r in ResultsDB(db).rows("fold = -1 AND split = 'cv'")}
+    assert presets == {"default", "semi-eta0.5-round1"}

@@ -79,6 +79,7 @@ class FeatureSet:
     train_subset: str = "train"
     val_subset: str = "val"
     warnings: list[str] = field(default_factory=list)
+    extra_train: np.ndarray | None = None        # [n] bool: rows every fold model also trains on (pseudo-labels)
 
     @property
     def n(self) -> int:
@@ -149,6 +150,17 @@ class FeatureSet:
                 p = parts.pop(b.modality)
                 branches.append(Branch(f"{b.modality}:" + "+".join(p), b.modality, tuple(p)))
         return dataclasses.replace(self, branches=branches)
+
+    def with_pseudo_labels(self, rows: np.ndarray, codes: np.ndarray) -> "FeatureSet":
+        """A copy in which `rows` carry emotion `codes` and join every fold's training rows (never a held-out
+        fold, a selection split or a test split's labels: their subsets are unchanged)."""
+        if self.emotion is None:
+            raise ValueError("pseudo-labels need an emotion label")
+        emotion = self.emotion.clone()
+        emotion[torch.from_numpy(np.asarray(rows, np.int64))] = torch.from_numpy(np.asarray(codes, np.int64))
+        extra = np.zeros(self.n, bool)
+        extra[rows] = True
+        return dataclasses.replace(self, emotion=emotion, extra_train=extra)
 
     def to(self, device: str | torch.device) -> "FeatureSet":
         """A copy whose tensors live on `device` (e.g. 'cuda')."""

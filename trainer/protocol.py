@@ -203,6 +203,10 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
             k = max(1, int(round(p.inner_fraction * len(f.train))))
             inner, rest = f.train[np.sort(order[:k])], f.train[np.sort(order[k:])]
             f.select, f.train, f.select_test = inner, rest, False
+    if fs.extra_train is not None:  # pseudo-labelled rows: trained on by every fold, never held out or selected on
+        extra = np.flatnonzero(fs.extra_train & complete & labelled & ~role)
+        for f in folds:
+            f.train = np.concatenate([f.train, extra])
     for f in folds:
         if len(f.train) == 0:
             raise ProtocolError(f"fold {f.name} has no trainable rows (complete and labelled)")
