@@ -867,6 +867,60 @@ def trainer_semi_cmd(
         err_console.print(f"[yellow]note:[/] {n}", highlight=False)
 
 
+@command(trainer_app, "cross")
+def trainer_cross_cmd(
+    train_dataset: Annotated[str, typer.Option("--train-dataset", help="Dataset trained on (its usual folds).")],
+    test_dataset: Annotated[str, typer.Option("--test-dataset", help="Dataset tested on (every row).")],
+    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    protocol: ProtocolOpt = "mertools",
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    weight_decay: WeightDecayOpt = 1e-5,
+    batch_size: BatchOpt = 32,
+    epochs: EpochsOpt = 100,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    results: ResultsOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cross-corpus (MERBench Tables 19-20): train on one dataset, test on every row of another over the
+    emotions they share (joy = happy, anger = angry, ...) or the sentiment sign (scales normalised)."""
+    from trainer.cross import merge
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.record import record
+
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+    fs = _open(store, read_only=True)
+    chosen = dict(audio=_split_names(audio), text=_split_names(text), video=_split_names(video))
+    merged = merge(load_features(fs, train_dataset, **chosen), load_features(fs, test_dataset, **chosen))
+    result = run_experiment(merged, fusion, proto)
+    db = _results_db(results, fs.path)
+    record(db, result)
+    summary = [d for d in result.summary() if d["split"] != "inner"]
+    if as_json:
+        _print_json({"train": train_dataset, "test": test_dataset, "classes": merged.classes, "warnings": result.warnings,
+                     "splits": {d["split"]: {m: {"mean": d[f"{m}_mean"], "std": d[f"{m}_std"]} for m in ("acc", "waf")}
+                                | {"n": d["n"]} for d in summary}})
+        return
+    t = Table(title=f"train {train_dataset} -> test {test_dataset}: {fusion}, {protocol} protocol, classes "
+                    f"{', '.join(merged.classes) or 'sentiment sign'}", title_justify="left")
+    for col in ("split", "n", "ACC", "WAF"):
+        t.add_column(col, no_wrap=True)
+    for d in summary:
+        t.add_row(d["split"], str(d["n"]), _fmt(d, "acc"), _fmt(d, "waf"))
+    console.print(t)
+    for w in result.warnings:
+        err_console.print(f"[yellow]note:[/] {w}", highlight=False)
+
+
 @command(trainer_app, "report")
 def trainer_report_cmd(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (default: all in the database).")] = None,

@@ -115,3 +115,16 @@ def test_semi_from_the_command_line(tmp_path: Path) -> None:
     assert "cv" in sup and "cv" in rnd and "test1" not in rnd
     presets = {r["preset"] for r in ResultsDB(db).rows("fold = -1 AND split = 'cv'")}
     assert presets == {"default", "semi-eta0.5-round1"}
+
+
+def test_cross_corpus_from_the_command_line(tmp_path: Path) -> None:
+    from trainer.synthetic import make_store
+
+    store = str(tmp_path / "c.zarr")
+    make_store(store, dataset="dsa", n_train=90, n_test=20, dims={"a1": ("audio", 8)}, signal=2.0)
+    make_store(store, dataset="dsb", n_train=30, n_test=30, dims={"a1": ("audio", 8)}, signal=2.0,
+               proportions=(0.5, 0.5))
+    out = _json(trainer("cross", "--store", store, "--train-dataset", "dsa", "--test-dataset", "dsb", "--audio", "a1",
+                        "--epochs", "2", "--folds", "cv3", "--results", str(tmp_path / "r.sqlite"), "--json"))
+    assert out["classes"] == ["neutral", "angry"] and out["splits"]["dsb"]["n"] == 60
+    assert set(out["splits"]) == {"cv", "test1", "dsb", "dsb:train", "dsb:test1"}
