@@ -921,6 +921,60 @@ def trainer_cross_cmd(
         err_console.print(f"[yellow]note:[/] {w}", highlight=False)
 
 
+@command(trainer_app, "predict")
+def trainer_predict_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
+    split: Annotated[str, typer.Option("--split", help="Subset to predict (every sample of it), e.g. semi_pool.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write: name,discrete (the MER challenge format).")],
+    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
+    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
+    corruption: CorruptionOpt = "clean",
+    test_corruption: TestCorruptionOpt = None,
+    train_subset: Annotated[str, typer.Option(help="The subset trained on (its val subset comes along).")] = "train",
+    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
+    protocol: ProtocolOpt = "mertools",
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    weight_decay: WeightDecayOpt = 1e-5,
+    batch_size: BatchOpt = 32,
+    epochs: EpochsOpt = 100,
+    folds: FoldsOpt = "auto",
+    seeds: SeedsOpt = "0",
+    threads: ThreadsOpt = 1,
+    chunk: Annotated[int, typer.Option(help="Rows read from the store and scored at a time (bounds memory).")] = 4096,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Add one prob_<class> column per class.")] = False,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Train on the training rows only, then predict every sample of --split streamed from the store in chunks
+    (e.g. all 115,595 unlabelled MER2024 clips) and write a submission CSV."""
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.predict import predict_split, write_submission
+
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+    fs = _open(store, read_only=True)
+    if fs.has_dataset(dataset) and split not in fs.subsets(dataset):  # before any training
+        from featstore.errors import UnknownNameError
+
+        raise UnknownNameError(f"subset of {dataset}", split, fs.subsets(dataset))
+    features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text), video=_split_names(video),
+                             corruption=corruption, test_corruption=test_corruption, subsets=[train_subset],
+                             train_subset=train_subset)
+    with _progress() as prog:
+        task = prog.add_task(f"{dataset} {fusion}", total=epochs, rate="", errors="")
+        result = run_experiment(features, fusion, proto.replace(test_splits=()), keep_models=True,
+                                progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
+                                if ev == "epoch" else None)
+    n = write_submission(predict_split(result, features, fs, split, chunk=chunk), features.classes, out,
+                         probabilities=probabilities)
+    cv = next((d for d in result.summary() if d["split"] == "cv"), None)
+    console.print(f"wrote {n:,} predictions of {dataset}/{split} to {out}"
+                  + (f" (CV WAF {cv['waf_mean']:.4f})" if cv else ""))
+
+
 @command(trainer_app, "report")
 def trainer_report_cmd(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="Only this dataset (default: all in the database).")] = None,

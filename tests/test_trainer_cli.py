@@ -128,3 +128,22 @@ def test_cross_corpus_from_the_command_line(tmp_path: Path) -> None:
                         "--epochs", "2", "--folds", "cv3", "--results", str(tmp_path / "r.sqlite"), "--json"))
     assert out["classes"] == ["neutral", "angry"] and out["splits"]["dsb"]["n"] == 60
     assert set(out["splits"]) == {"cv", "test1", "dsb", "dsb:train", "dsb:test1"}
+
+
+def test_predict_writes_a_submission_for_every_sample_of_a_split(tmp_path: Path) -> None:
+    from trainer.synthetic import make_store
+
+    store = str(tmp_path / "q.zarr")
+    make_store(store, n_train=60, n_test=45, dims={"a1": ("audio", 8)}, test_labels=False)
+    out = tmp_path / "sub.csv"
+    msg = trainer("predict", "--store", store, "--dataset", "synth", "--split", "test1", "--out", str(out),
+                  "--audio", "a1", "--epochs", "2", "--folds", "cv3", "--chunk", "10")
+    assert "wrote 45 predictions" in msg
+    with open(out, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 45 and set(rows[0]) == {"name", "discrete", "valence"}
+    assert {r["discrete"] for r in rows} <= {"neutral", "angry", "happy", "sad", "worried", "surprise"}
+    before = out.read_bytes()
+    err = trainer("predict", "--store", store, "--dataset", "synth", "--split", "tets1", "--out", str(out),
+                  "--audio", "a1", "--epochs", "1", "--folds", "cv3", code=1)
+    assert "unknown subset of synth 'tets1'" in err and "test1" in err and out.read_bytes() == before

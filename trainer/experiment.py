@@ -59,6 +59,8 @@ class ExperimentResult:
     timings: dict[str, float]
     counts: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    models: list[tuple[list[tuple[int, int, int]], Any]] = field(default_factory=list)  # keep_models=True:
+    # ([(config, seed, fold) of each of the K models], its batched trainer with forward_inputs())
 
     def summary(self, fold: int = -1) -> list[dict[str, Any]]:
         """Mean and std (over seeds, numpy std) of acc/waf/mse/score per (config, split), fold -1 rows."""

@@ -41,14 +41,16 @@ MODEL_BUDGET_BYTES = 2 << 30      # parameters + gradients + Adam state + best c
 # ---------------------------------------------------------------------------------------------- entry point
 def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Protocol | None = None,
                    configs: Sequence[dict[str, Any]] | dict[str, Any] | None = None, *,
-                   max_models: int | None = None, progress: Progress | None = None) -> ExperimentResult:
+                   max_models: int | None = None, progress: Progress | None = None,
+                   keep_models: bool = False) -> ExperimentResult:
     """Train and score every (config, fold, seed) model of one feature set; see ExperimentResult.
 
     configs: one dict or a list of dicts of hyper-parameters (hidden, dropout, lr, weight_decay; missing keys
     come from the protocol) and model options (e.g. softmax=True for attention). Configs with the same hidden
     size and options train together with all their folds and seeds as one batched module of at most
     `max_models` models (default: as many as fit MODEL_BUDGET_BYTES). progress(event, info) is called with
-    'group' and 'epoch' events.
+    'group' and 'epoch' events. keep_models: keep each batched module at its selected epochs in
+    `result.models` (for trainer.predict, which scores rows streamed from the store).
     """
     t_start = time.perf_counter()
     protocol = protocol or Protocol()
@@ -81,6 +83,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     dims = {k: f.dim for k, f in features.features.items()}
 
     outcomes: dict[int, Outcome] = {}
+    kept: list[tuple[list[tuple[int, int, int]], _GroupTrainer]] = []
     timings = {"train": 0.0, "select": 0.0, "final": 0.0, "setup": 0.0}
     with _runtime(protocol, device):
         fs = features if device.type == "cpu" else features.to(device)
@@ -97,11 +100,16 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
             res = trainer.run()
             for j, o in zip(batch, res):
                 outcomes[id(j)] = o
+            if keep_models:
+                trainer.release_buffers()
+                kept.append(([(j.config, j.seed, j.fold.index) for j in batch], trainer))
             for k, v in trainer.timings.items():
                 timings[k] += v
     timings["total"] = time.perf_counter() - t_start
-    return assemble(features, fusion, protocol, cfgs, selection, plans, jobs, outcomes, timings, warnings,
-                     n_classes, has_valence)
+    result = assemble(features, fusion, protocol, cfgs, selection, plans, jobs, outcomes, timings, warnings,
+                      n_classes, has_valence)
+    result.models = kept
+    return result
 
 
 def normalise_configs(configs: Sequence[dict[str, Any]] | dict[str, Any] | None,
@@ -340,28 +348,34 @@ class _GroupTrainer:
     @torch.no_grad()
     def _forward_shared(self, rows: np.ndarray, test: bool) -> dict[str, np.ndarray]:
         """Every model on the same rows (test splits): outputs [K, n, ...]."""
-        self.model.eval()
         src = self.XT if test else self.X
         avail = self.avail_test if test else self.avail
         rows_t = torch.from_numpy(rows).to(self.device)
         chunks: dict[str, list[torch.Tensor]] = {}
         for c0 in range(0, len(rows), self.eval_chunk):
             r = rows_t[c0:c0 + self.eval_chunk]
-            inputs = {}
-            for name in self.feature_names:
-                x = src[name].index_select(0, r)
-                if self.std is not None:
-                    mu, inv = self.std[name]
-                    x = (x.unsqueeze(0) - mu) * inv
-                inputs[name] = x
             masks = {b: a.index_select(0, r) for b, a in avail.items() if not bool(a[r].all())} or None
-            with self.autocast:
-                out = self.model(inputs, masks)
-            for key in ("emotion", "valence", "attention"):
-                if key in out:
-                    chunks.setdefault(key, []).append(out[key].float().expand(self.K, *out[key].shape[-2:])
-                                                      if out[key].dim() == 3 else out[key].float())
+            out = self.forward_inputs({name: src[name].index_select(0, r) for name in self.feature_names}, masks)
+            for key, v in out.items():
+                chunks.setdefault(key, []).append(v)
         return {k: torch.cat(v, dim=1).cpu().numpy() for k, v in chunks.items()}
+
+    def release_buffers(self) -> None:
+        """Drop the gather buffers (a kept module then holds only its parameters and statistics)."""
+        self._xbuf.clear()
+
+    @torch.no_grad()
+    def forward_inputs(self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None
+                       ) -> dict[str, torch.Tensor]:
+        """Every model on the same inputs {feature: [n, D]} (standardised per model in strict mode), with branch
+        availability `masks` {branch: [n] bool}: {'emotion': [K, n, C], 'valence': [K, n], 'attention': ...}."""
+        self.model.eval()
+        if self.std is not None:
+            inputs = {name: (x.unsqueeze(0) - self.std[name][0]) * self.std[name][1] for name, x in inputs.items()}
+        with self.autocast:
+            out = self.model(inputs, masks)
+        return {key: (out[key].float().expand(self.K, *out[key].shape[-2:]) if out[key].dim() == 3
+                      else out[key].float()) for key in ("emotion", "valence", "attention") if key in out}
 
     def _score(self, rows: np.ndarray, out: dict[str, np.ndarray], k: int) -> Scores:
         n = len(rows)
