@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featstore.catalog import Catalog, EncoderSpec, load_catalog, spec_hash
-from featstore.corrupt import Corruptor, make_corruptor
+from featstore.corrupt import Corruptor, make_corruptor, protect
 from featstore.datasets import load_index
 from featstore.datasets.base import DatasetIndex
 from featstore.encoders import load_encoder
@@ -233,7 +233,9 @@ def prepare_input(encoder: Encoder, index: DatasetIndex, row: int,
             x = media.decode_frames(path, sid, n_frames=spec.input.get("frames"), fps=spec.input.get("fps"),
                                     max_side=spec.input.get("max_side"))
     drawn: dict[str, Any] = {}
-    if corruptor is not None:
+    if corruptor is not None and sid in corruptor.precorrupted:
+        drawn = {"kept": "the release already corrupted this clip"}
+    elif corruptor is not None:
         x, drawn = corruptor.apply(x, sid)
         if spec.modality == "text" and not x.strip():
             raise SampleError(sid, "text", "empty subtitle after punctuation removal")
@@ -464,6 +466,11 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
             raise FeatstoreError(f"dataset {dataset} is not in the store yet; pass --root with its release folder")
         root = store.dataset_attrs(dataset).get("source_root")
     index = load_index(dataset, root, catalog)  # type: ignore[arg-type]
+    if corruptor is not None and ds_spec.precorrupted:
+        kept = protect(corruptor, index, ds_spec.precorrupted)
+        if kept and progress:
+            progress("warning", f"{kept} clip(s) of {', '.join(ds_spec.precorrupted)} already carry the release's "
+                                f"corruption; they are encoded as they are")
     key = KeyName(dataset, encoder_name, corruption)
     cluster = None
     if client is not None:

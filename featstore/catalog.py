@@ -89,6 +89,7 @@ class DatasetSpec:
     splits: tuple[str, ...] = ()
     selection: str = "waf"            # waf | waf-0.25mse (MER2023) | sentiment
     expected_counts: dict[str, int] = field(default_factory=dict)
+    precorrupted: tuple[str, ...] = ()  # subsets whose clips the release already corrupted (MER-NOISE): never again
     note: str = ""
 
 
@@ -185,7 +186,8 @@ def _dataset(name: str, raw: dict[str, Any]) -> DatasetSpec:
         emotions=tuple(raw.get("emotions") or ()), valence=bool(raw.get("valence", False)),
         sentiment=bool(raw.get("sentiment", False)), splits=tuple(raw.get("splits") or ()),
         selection=_choice(entry, "selection", raw.get("selection", "waf"), ("waf", "waf-0.25mse", "sentiment")),
-        expected_counts=dict(raw.get("expected_counts") or {}), note=str(raw.get("note", "")),
+        expected_counts=dict(raw.get("expected_counts") or {}), precorrupted=tuple(raw.get("precorrupted") or ()),
+        note=str(raw.get("note", "")),
     )
 
 

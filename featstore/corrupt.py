@@ -37,7 +37,7 @@ import string
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class Corruptor:
 
     def __init__(self, spec: CorruptionSpec) -> None:
         self.spec = spec
+        self.precorrupted: frozenset[str] = frozenset()   # sample ids left as the release made them (MER-NOISE)
 
     def apply(self, x: Any, sample_id: str) -> tuple[Any, dict[str, Any]]:
         """The identity (kind `none`)."""
@@ -89,6 +90,19 @@ class Corruptor:
 
 def _spec_error(spec: CorruptionSpec, msg: str) -> FeatstoreError:
     return FeatstoreError(f"corruption {spec.name}: {msg}")
+
+
+PROTECTED_KINDS = ("audio-noise", "blur")   # what MER-NOISE clips already carry
+
+
+def protect(corruptor: Corruptor, index: Any, subsets: Sequence[str]) -> int:
+    """Mark the samples of `subsets` (clips the release already corrupted, e.g. MER-NOISE) so that a noise or blur
+    corruption leaves them as they are; returns how many."""
+    if corruptor.spec.kind not in PROTECTED_KINDS:
+        return 0
+    ids = [sid for s in subsets if s in index.subsets for sid, m in zip(index.ids, index.subsets[s]) if m]
+    corruptor.precorrupted = frozenset(ids)
+    return len(corruptor.precorrupted)
 
 
 def make_corruptor(spec: CorruptionSpec, noise_bank: str | Path | None = None) -> Corruptor:

@@ -14,8 +14,8 @@ Reads, under the release root:
 Emotion names are matched case-insensitively to the catalog's six (neutral, angry, happy, sad, worried,
 surprise); anything else is an error listing them. Expected counts (MER2024 paper, Table 1): train 5,030,
 semi_pool 115,595, test_semi 1,169, test_noise 1,170, test_ov 332.
-Not done here: MER-NOISE clips already carry the challenge's noise; nothing yet stops `--corruption snr5-10`
-from being applied to them again (the test_noise subset names them).
+MER-NOISE clips already carry the challenge's noise: the catalog lists `test_noise` as `precorrupted`, so
+`featstore build --corruption snr5-10` (or blur) encodes them as they are.
 """
 
 from __future__ import annotations
