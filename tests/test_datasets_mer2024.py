@@ -40,7 +40,7 @@ def test_train_pool_tests_and_open_vocabulary_memberships(tmp_path: Path) -> Non
 def test_unknown_emotions_and_missing_labels_are_named(tmp_path: Path) -> None:
     with pytest.raises(FeatstoreError, match=r"emotions not in the catalog's label space: 'bored' \(1x\)"):
         load_index("mer2024", _release(tmp_path / "a", "name,discrete\nsample_1,bored\n"))
-    with pytest.raises(FeatstoreError, match="no label-disdim.csv"):
+    with pytest.raises(FeatstoreError, match="none of label-disdim.csv"):
         load_index("mer2024", tmp_path / "none")
-    with pytest.raises(FeatstoreError, match="duplicate name 'sample_1'"):
+    with pytest.raises(FeatstoreError, match="appear twice.*sample_1"):
         load_index("mer2024", _release(tmp_path / "b", "name,discrete\nsample_1,happy\nsample_1,sad\n"))
