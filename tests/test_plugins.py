@@ -18,8 +18,13 @@ def test_names_map_to_modules() -> None:
 
 
 def test_unimplemented_adapter_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FeatstoreError, match=r"dataset meld: adapter 'meld' is not implemented"):
-        load_index("meld", tmp_path)
+    import dataclasses
+
+    cat = load_catalog()
+    odd = dataclasses.replace(cat.datasets["meld"], adapter="meld-v2")
+    cat = dataclasses.replace(cat, datasets={**cat.datasets, "meld": odd})
+    with pytest.raises(FeatstoreError, match=r"dataset meld: adapter 'meld-v2' is not implemented"):
+        load_index("meld", tmp_path, cat)
 
 
 def test_import_only_and_remote_code_encoders_are_refused_in_one_line() -> None:

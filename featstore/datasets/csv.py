@@ -55,15 +55,7 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
     if not path.is_file():
         raise FeatstoreError(f"dataset {name}: no {path.name} at {path}")
     base = path.parent.resolve()
-    # surrogateescape: a subtitle that is not valid UTF-8 fails that sample's text features, not the dataset
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [columns[r] for r in required if columns[r] not in header]
-        if missing:
-            raise FeatstoreError(f"dataset {name}: {path} lacks column '{missing[0]}' (needs "
-                                 f"{', '.join(columns[r] for r in required)}; found {', '.join(header) or 'no header'})")
-        rows = list(reader)
+    rows, header = read_rows(path, name, [columns[r] for r in required])
     has = {role: col in header for role, col in columns.items()}
 
     def cell(r: dict[str, str], role: str) -> str:
@@ -119,12 +111,7 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
         for role, arr in cont.items():
             v = cell(r, role)
             if v:
-                try:
-                    arr[j] = float(v)
-                except ValueError:
-                    raise FeatstoreError(f"dataset {name}: {path} line {line}: {role} '{v}' is not a number") from None
-                if not math.isfinite(arr[j]):
-                    raise FeatstoreError(f"dataset {name}: {path} line {line}: {role} '{v}' is not finite")
+                arr[j] = parse_number(v, role, name, path, line)
         splits.append(cell(r, "split"))
         groups.append(cell(r, "group"))
 
@@ -142,6 +129,30 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
     return DatasetIndex(name=name, root=str(base), ids=ids, media=media_paths, text=text, labels=labels,
                         label_classes=label_classes, subsets=subsets,
                         groups=np.array(groups, dtype=str) if has["group"] else None, text_errors=text_errors)
+
+
+def read_rows(path: Path, name: str, required: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:
+    """(rows, header) of a UTF-8 CSV with a header row; bytes that are not UTF-8 survive as surrogates (see
+    has_bad_bytes) so one bad cell fails one sample, not the file. A missing required column is an error."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise FeatstoreError(f"dataset {name}: {path} lacks column '{missing[0]}' (needs {', '.join(required)}; "
+                                 f"found {', '.join(header) or 'no header'})")
+        return list(reader), header
+
+
+def parse_number(value: str, what: str, name: str, path: Path, line: int) -> float:
+    """A finite float from a CSV cell, or an error naming the file, line and column."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise FeatstoreError(f"dataset {name}: {path} line {line}: {what} '{value}' is not a number") from None
+    if not math.isfinite(x):
+        raise FeatstoreError(f"dataset {name}: {path} line {line}: {what} '{value}' is not finite")
+    return x
 
 
 def has_bad_bytes(value: str) -> bool:

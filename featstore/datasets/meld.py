@@ -16,14 +16,13 @@ Unknown emotions are listed (never dropped); labelled utterances without a clip 
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from featstore.datasets.base import DatasetIndex
-from featstore.datasets.csv import has_bad_bytes
+from featstore.datasets.csv import has_bad_bytes, read_rows
 from featstore.errors import FeatstoreError
 
 log = logging.getLogger(__name__)
@@ -57,34 +56,30 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
         if not path.is_file():
             raise FeatstoreError(f"dataset {name}: no {fname} under {root} (is this the extracted MELD.Raw folder?)")
         clip_dir = next((root / f for f in folders if (root / f).is_dir()), None)
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise FeatstoreError(f"dataset {name}: {path} lacks column '{missing[0]}'")
-            for line, r in enumerate(reader, start=2):
-                d, u = (r["Dialogue_ID"] or "").strip(), (r["Utterance_ID"] or "").strip()
-                if not (d.isdigit() and u.isdigit()):
-                    raise FeatstoreError(f"dataset {name}: {path} line {line}: Dialogue_ID/Utterance_ID "
-                                         f"'{d}'/'{u}' are not numbers")
-                sid = f"{subset}_dia{d}_utt{u}"
-                ids.append(sid)
-                clip = clip_dir / f"dia{d}_utt{u}.mp4" if clip_dir is not None else None
-                media.append(str(clip.resolve()) if clip is not None and clip.is_file() else None)
-                if media[-1] is None:
-                    no_clip.append(sid)
-                utt = r["Utterance"]
-                if utt is not None and has_bad_bytes(utt):
-                    text_errors[len(ids) - 1] = "utterance is not valid UTF-8 in the label file"
-                    utt = None
-                text.append(utt)
-                e = (r["Emotion"] or "").strip().lower()
-                if e not in code:
-                    unknown[e] = unknown.get(e, 0) + 1
-                emo.append(code.get(e, -1))
-                s = (r["Sentiment"] or "").strip().lower()
-                senti.append(SENTIMENTS.index(s) if s in SENTIMENTS else -1)
-                split_of.append(subset)
+        rows, _ = read_rows(path, name, COLUMNS)
+        for line, r in enumerate(rows, start=2):
+            d, u = (r["Dialogue_ID"] or "").strip(), (r["Utterance_ID"] or "").strip()
+            if not (d.isdigit() and u.isdigit()):
+                raise FeatstoreError(f"dataset {name}: {path} line {line}: Dialogue_ID/Utterance_ID "
+                                     f"'{d}'/'{u}' are not numbers")
+            sid = f"{subset}_dia{d}_utt{u}"
+            ids.append(sid)
+            clip = clip_dir / f"dia{d}_utt{u}.mp4" if clip_dir is not None else None
+            media.append(str(clip.resolve()) if clip is not None and clip.is_file() else None)
+            if media[-1] is None:
+                no_clip.append(sid)
+            utt = r["Utterance"]
+            if utt is not None and has_bad_bytes(utt):
+                text_errors[len(ids) - 1] = "utterance is not valid UTF-8 in the label file"
+                utt = None
+            text.append(utt)
+            e = (r["Emotion"] or "").strip().lower()
+            if e not in code:
+                unknown[e] = unknown.get(e, 0) + 1
+            emo.append(code.get(e, -1))
+            s = (r["Sentiment"] or "").strip().lower()
+            senti.append(SENTIMENTS.index(s) if s in SENTIMENTS else -1)
+            split_of.append(subset)
     if unknown:
         listed = ", ".join(f"'{k}' ({v}x)" for k, v in sorted(unknown.items()))
         raise FeatstoreError(f"dataset {name}: emotions not in the catalog's label space: {listed} "

@@ -9,9 +9,7 @@ mer2023 and mer2024 modules each hold one.
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.datasets.base import DatasetIndex
-from featstore.datasets.csv import has_bad_bytes
+from featstore.datasets.csv import has_bad_bytes, parse_number, read_rows
 from featstore.errors import FeatstoreError
 
 log = logging.getLogger(__name__)
@@ -37,16 +35,6 @@ class Layout:
     openset: str | None = None                              # MER-OV sample list (name, ...): subset test_ov
 
 
-def _rows(path: Path, name: str, columns: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise FeatstoreError(f"dataset {name}: {path} lacks column '{missing[0]}' (found {', '.join(header)})")
-        return list(reader), header
-
-
 def _first(root: Path, names: tuple[str, ...], is_dir: bool) -> Path | None:
     return next((root / n for n in names if ((root / n).is_dir() if is_dir else (root / n).is_file())), None)
 
@@ -61,7 +49,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
     if label_file is None:
         raise FeatstoreError(f"dataset {name}: none of {', '.join(layout.labels)} under {root} (is this the "
                              f"{name} release folder?)")
-    train, header = _rows(label_file, name, ("name", "discrete"))
+    train, header = read_rows(label_file, name, ("name", "discrete"))
     ids = [r["name"].strip() for r in train]
     folder_of = {i: _first(root, layout.train_dirs, is_dir=True) for i in range(len(ids))}
     members: dict[str, list[int]] = {"train": list(range(len(ids)))}
@@ -101,12 +89,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
                 emotion[i] = code[e]
             v = (r.get("valence") or "").strip()
             if v:
-                try:
-                    valence[i] = float(v)
-                except ValueError:
-                    raise FeatstoreError(f"dataset {name}: {where} line {line}: valence '{v}' is not a number") from None
-                if not math.isfinite(valence[i]):
-                    raise FeatstoreError(f"dataset {name}: {where} line {line}: valence '{v}' is not finite")
+                valence[i] = parse_number(v, "valence", name, Path(where), line)
         if absent:
             log.warning("dataset %s: %d name(s) of %s have no clip (first: %s)", name, len(absent), where,
                         ", ".join(absent[:3]))
@@ -115,7 +98,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
     put(train, label_file.name)
     for subset, fname in layout.test_labels.items():
         if (root / fname).is_file():
-            rows = put(_rows(root / fname, name, ("name", "discrete"))[0], fname)
+            rows = put(read_rows(root / fname, name, ("name", "discrete"))[0], fname)
             if subset not in layout.clip_dirs:            # a labelled subset hidden inside a clip folder
                 members[subset] = rows
     if unknown:
@@ -123,7 +106,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
         raise FeatstoreError(f"dataset {name}: emotions not in the catalog's label space: {listed} "
                              f"(known: {', '.join(classes)})")
     if layout.openset and (root / layout.openset).is_file():
-        members["test_ov"] = [pos[r["name"].strip()] for r in _rows(root / layout.openset, name, ("name",))[0]
+        members["test_ov"] = [pos[r["name"].strip()] for r in read_rows(root / layout.openset, name, ("name",))[0]
                               if r["name"].strip() in pos]
     subsets = {}
     for s, rows_ in members.items():
@@ -144,7 +127,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
     text_errors: dict[int, str] = {}
     subs = _first(root, layout.transcripts, is_dir=False) if layout.transcripts else None
     if subs is not None:
-        rows, header_t = _rows(subs, name, ("name",))
+        rows, header_t = read_rows(subs, name, ("name",))
         col = next((c for c in ("chinese", "sentence", "english") if c in header_t), None)
         if col is None:
             raise FeatstoreError(f"dataset {name}: {subs} has no chinese, sentence or english column")

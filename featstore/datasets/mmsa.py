@@ -14,15 +14,13 @@ Expected counts (MERBench Table 4): MOSI 2,199, MOSEI 22,856, SIMS 2,281, SIMS v
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
 from featstore.datasets.base import DatasetIndex
-from featstore.datasets.csv import has_bad_bytes
+from featstore.datasets.csv import has_bad_bytes, parse_number, read_rows
 from featstore.errors import FeatstoreError
 
 log = logging.getLogger(__name__)
@@ -39,13 +37,7 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
     path = root / "label.csv"
     if not path.is_file():
         raise FeatstoreError(f"dataset {name}: no label.csv at {path} (the MMSA layout: label.csv + Raw/)")
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise FeatstoreError(f"dataset {name}: {path} lacks column '{missing[0]}' (found {', '.join(header)})")
-        rows = list(reader)
+    rows, header = read_rows(path, name, REQUIRED)
     n = len(rows)
     ids: list[str] = []
     media: list[str | None] = []
@@ -74,12 +66,7 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
         text.append(t.strip() if t else None)
         for col, key in (("label", "sentiment"), *EXTRA.items()):
             if key in labels and (r.get(col) or "").strip():
-                try:
-                    labels[key][j] = float(r[col])
-                except ValueError:
-                    raise FeatstoreError(f"dataset {name}: {path} line {line}: {col} '{r[col]}' is not a number") from None
-                if not math.isfinite(labels[key][j]):
-                    raise FeatstoreError(f"dataset {name}: {path} line {line}: {col} '{r[col]}' is not finite")
+                labels[key][j] = parse_number(r[col].strip(), col, name, path, line)
         mode = (r["mode"] or "").strip().lower()
         if mode not in MODES:
             unknown_modes[mode] = unknown_modes.get(mode, 0) + 1
