@@ -493,6 +493,48 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Spread tri
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Spread trials over the Dask cluster at this address (every worker must see --store).")]
 
 
+SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, default), see shared_options
+    "audio": (Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated (each its own branch).")], None),
+    "text": (Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")], None),
+    "video": (Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")], None),
+    "corruption": (CorruptionOpt, "clean"),
+    "test_corruption": (TestCorruptionOpt, None),
+    "fusion": (Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")], "attention"),
+    "protocol": (ProtocolOpt, "mertools"),
+    "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
+    "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
+    "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),
+    "weight_decay": (WeightDecayOpt, 1e-5),
+    "batch_size": (BatchOpt, 32),
+    "epochs": (EpochsOpt, 100),
+    "folds": (FoldsOpt, "auto"),
+    "seeds": (SeedsOpt, "0"),
+    "threads": (ThreadsOpt, 1),
+    "bf16": (Bf16Opt, False),
+    "max_models": (MaxModelsOpt, None),
+    "test_splits": (TestSplitsOpt, None),
+    "workers": (WorkersOpt, None),
+    "scheduler": (SchedulerOpt, None),
+    "results": (ResultsOpt, None),
+    "store": (StoreOpt, DEFAULT_STORE),
+    "as_json": (JsonOpt, False),
+}
+
+
+def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command's keyword-only parameters named in SHARED_OPTIONS their option declaration and default, so
+    every trainer command spells `--epochs`, `--protocol`, `--store`, … the same way, declared once."""
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p.replace(annotation=SHARED_OPTIONS[p.name][0], default=SHARED_OPTIONS[p.name][1])
+              if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name in SHARED_OPTIONS else p
+              for p in sig.parameters.values()]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": sig.return_annotation}
+    return fn
+
+
 def _protocol(**kw: Any):  # noqa: ANN202
     from trainer.protocol import Protocol
 
@@ -517,33 +559,17 @@ def _fmt(d: dict[str, Any], m: str) -> str:
 
 
 @command(trainer_app, "run")
+@shared_options
 def trainer_run_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
-    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated (each its own branch).")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
-    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
-    corruption: CorruptionOpt = "clean",
-    test_corruption: TestCorruptionOpt = None,
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
-    protocol: ProtocolOpt = "mertools",
-    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    weight_decay: WeightDecayOpt = 1e-5,
-    batch_size: BatchOpt = 32,
-    epochs: EpochsOpt = 100,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    bf16: Bf16Opt = False,
-    max_models: MaxModelsOpt = None,
-    test_splits: TestSplitsOpt = None,
     concat: Annotated[bool, typer.Option("--concat", help="Concatenate each modality's features into one input (default: one branch per feature).")] = False,
     softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights (the paper's equation; MERTools applies none).")] = False,
     save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", help="Write one CSV per test split here.")] = None,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
+    test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
+    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
+    max_models: Optional[int], test_splits: Optional[str], results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Run one experiment (all folds and seeds) and record it in the results database."""
     import csv
@@ -645,27 +671,17 @@ def _print_ranking(order: dict[str, list[Any]], title: str) -> None:
 
 
 @command(trainer_app, "rank")
+@shared_options
 def trainer_rank_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
-    corruption: CorruptionOpt = "clean",
     modality: Annotated[Optional[str], typer.Option(help="Only this modality: audio | text | video.")] = None,
     rank_by: Annotated[str, typer.Option("--rank-by", help="cv (CV WAF) | test (mean WAF of the test splits, MER2024 Table 3).")] = "cv",
     rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Show another dataset's ranking from the database (MERBench Table 10); trains nothing.")] = None,
     trials: Annotated[int, typer.Option(help="Configs per encoder: the whole 24-point space hidden {64,128,256} x lr {1e-3,1e-4} x dropout {.2,.3,.4,.5} when >= 24, else a seeded sample.")] = 24,
-    protocol: ProtocolOpt = "mertools",
-    epochs: EpochsOpt = 100,
-    batch_size: BatchOpt = 32,
-    weight_decay: WeightDecayOpt = 1e-5,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    bf16: Bf16Opt = False,
-    max_models: MaxModelsOpt = None,
-    workers: WorkersOpt = None,
-    scheduler: SchedulerOpt = None,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    corruption: str, protocol: str, epochs: int, batch_size: int, weight_decay: float, folds: str, seeds: str,
+    threads: int, bf16: bool, max_models: Optional[int], workers: Optional[int], scheduler: Optional[str],
+    results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Rank every stored encoder of a dataset: the same unimodal `mlp` search for each (default: the 24-point
     space, seed 0, the dataset's protocol), best config by CV score; resumable (trials in the database are skipped)."""
@@ -695,32 +711,20 @@ def trainer_rank_cmd(
 
 
 @command(trainer_app, "grid")
+@shared_options
 def trainer_grid_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
     topn: Annotated[str, typer.Option("--topn", help="Top-N feature sets per modality: 1-6, or 1,3,5.")] = "1",
     modalities: Annotated[str, typer.Option(help="Modality combinations: letters A (audio) T (text) V (video), e.g. AV,AT,VT,AVT.")] = "AVT",
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
     trials: Annotated[int, typer.Option(help="Configs per feature set: the whole 24-point space when it has no more points, else a seeded sample.")] = 50,
-    corruption: CorruptionOpt = "clean",
-    test_corruption: TestCorruptionOpt = None,
     rank_by: Annotated[str, typer.Option("--rank-by", help="cv | test: which ranking picks the Top-N.")] = "cv",
     rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Use another dataset's ranking (MERBench Table 10).")] = None,
     rank_trials: Annotated[int, typer.Option(help="Configs per encoder when the ranking must be computed first.")] = 24,
-    protocol: ProtocolOpt = "mertools",
-    epochs: EpochsOpt = 100,
-    batch_size: BatchOpt = 32,
-    weight_decay: WeightDecayOpt = 1e-5,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    bf16: Bf16Opt = False,
-    max_models: MaxModelsOpt = None,
-    test_splits: TestSplitsOpt = None,
-    workers: WorkersOpt = None,
-    scheduler: SchedulerOpt = None,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
+    weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, max_models: Optional[int],
+    test_splits: Optional[str], workers: Optional[int], scheduler: Optional[str], results: Optional[Path],
+    store: str, as_json: bool,
 ) -> None:
     """Search Top-N feature sets x modality combinations x hidden {64,128,256} x lr {1e-3,1e-4} x dropout
     {.2,.3,.4,.5}; resumable (trials in the database are skipped), locally or on a Dask cluster."""
@@ -755,28 +759,16 @@ def trainer_grid_cmd(
 
 
 @command(trainer_app, "noise")
+@shared_options
 def trainer_noise_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
-    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
-    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
     train: Annotated[str, typer.Option("--train", help="Train corruptions, comma-separated (e.g. clean,snr5,snr10).")] = "clean",
     test: Annotated[str, typer.Option("--test", help="Test corruptions, comma-separated.")] = "clean,snr5-10",
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
     trials: Annotated[int, typer.Option(help="Configs per (train, test) pair from the 24-point space (1: its first point).")] = 1,
-    protocol: ProtocolOpt = "mertools",
-    epochs: EpochsOpt = 100,
-    batch_size: BatchOpt = 32,
-    weight_decay: WeightDecayOpt = 1e-5,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    max_models: MaxModelsOpt = None,
-    workers: WorkersOpt = None,
-    scheduler: SchedulerOpt = None,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str, epochs: int,
+    batch_size: int, weight_decay: float, folds: str, seeds: str, threads: int, max_models: Optional[int],
+    workers: Optional[int], scheduler: Optional[str], results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Noise robustness: train under each --train corruption, test under each --test corruption (MERBench Tables
     14-15); a corruption changes only its own modality's features. `trainer report` shows the matrix."""
@@ -801,30 +793,17 @@ def trainer_noise_cmd(
 
 
 @command(trainer_app, "semi")
+@shared_options
 def trainer_semi_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
-    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
-    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
     pool: Annotated[str, typer.Option(help="The unlabelled subset to pseudo-label.")] = "semi_pool",
     eta: Annotated[float, typer.Option(help="Class thresholds at this quantile of correct out-of-fold confidences.")] = 0.5,
     rounds: Annotated[int, typer.Option(help="Pseudo-labelling rounds.")] = 1,
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
-    protocol: ProtocolOpt = "mertools",
-    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    weight_decay: WeightDecayOpt = 1e-5,
-    batch_size: BatchOpt = 32,
-    epochs: EpochsOpt = 100,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    test_splits: TestSplitsOpt = None,
-    max_models: MaxModelsOpt = None,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str,
+    hidden_dim: int, dropout: float, lr: float, weight_decay: float, batch_size: int, epochs: int, folds: str,
+    seeds: str, threads: int, test_splits: Optional[str], max_models: Optional[int], results: Optional[Path],
+    store: str, as_json: bool,
 ) -> None:
     """MER-SEMI: pseudo-label the unlabelled pool with class thresholds from out-of-fold confidences, retrain on
     the same folds, and compare with the supervised model (MERBench Algorithm 1)."""
@@ -868,26 +847,14 @@ def trainer_semi_cmd(
 
 
 @command(trainer_app, "cross")
+@shared_options
 def trainer_cross_cmd(
     train_dataset: Annotated[str, typer.Option("--train-dataset", help="Dataset trained on (its usual folds).")],
     test_dataset: Annotated[str, typer.Option("--test-dataset", help="Dataset tested on (every row).")],
-    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
-    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
-    protocol: ProtocolOpt = "mertools",
-    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    weight_decay: WeightDecayOpt = 1e-5,
-    batch_size: BatchOpt = 32,
-    epochs: EpochsOpt = 100,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
-    results: ResultsOpt = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str,
+    hidden_dim: int, dropout: float, lr: float, weight_decay: float, batch_size: int, epochs: int, folds: str,
+    seeds: str, threads: int, results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Cross-corpus (MERBench Tables 19-20): train on one dataset, test on every row of another over the
     emotions they share (joy = happy, anger = angry, ...) or the sentiment sign (scales normalised)."""
@@ -922,30 +889,18 @@ def trainer_cross_cmd(
 
 
 @command(trainer_app, "predict")
+@shared_options
 def trainer_predict_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
     split: Annotated[str, typer.Option("--split", help="Subset to predict (every sample of it), e.g. semi_pool.")],
     out: Annotated[Path, typer.Option("--out", help="CSV to write: name,discrete (the MER challenge format).")],
-    audio: Annotated[Optional[str], typer.Option(help="Audio encoder(s), comma-separated.")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder(s), comma-separated.")] = None,
-    video: Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")] = None,
-    corruption: CorruptionOpt = "clean",
-    test_corruption: TestCorruptionOpt = None,
     train_subset: Annotated[str, typer.Option(help="The subset trained on (its val subset comes along).")] = "train",
-    fusion: Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")] = "attention",
-    protocol: ProtocolOpt = "mertools",
-    hidden_dim: Annotated[int, typer.Option(help="Hidden size.")] = 128,
-    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.5,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    weight_decay: WeightDecayOpt = 1e-5,
-    batch_size: BatchOpt = 32,
-    epochs: EpochsOpt = 100,
-    folds: FoldsOpt = "auto",
-    seeds: SeedsOpt = "0",
-    threads: ThreadsOpt = 1,
     chunk: Annotated[int, typer.Option(help="Rows read from the store and scored at a time (bounds memory).")] = 4096,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Add one prob_<class> column per class.")] = False,
-    store: StoreOpt = DEFAULT_STORE,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
+    test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
+    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str,
 ) -> None:
     """Train on the training rows only, then predict every sample of --split streamed from the store in chunks
     (e.g. all 115,595 unlabelled MER2024 clips) and write a submission CSV."""
