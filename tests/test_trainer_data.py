@@ -109,3 +109,14 @@ def test_a_corruption_applies_to_its_own_modality_only(tmp_path: Path) -> None:
     assert fs.features["v1"].x_test is fs.features["v1"].x
     both = load_features(store, "synth", audio=["a1"], video=["v1"], corruption="snr5")
     assert both.describe() == {"audio": ["a1/snr5"], "visual": ["v1/clean"]}
+
+
+def test_punctuation_corruptions_change_only_text_features(tmp_path: Path) -> None:
+    """MERBench Table 13: punctuation removal is a text corruption; audio and video stay on their clean keys."""
+    from trainer.synthetic import make_store
+
+    store = make_store(tmp_path / "s.zarr", n_train=40, n_test=20, dims={"a1": ("audio", 6), "t1": ("text", 5)},
+                       corruptions=("clean", "punc-e", "punc-all"))
+    fs = load_features(store, "synth", audio=["a1"], text=["t1"], corruption="punc-all", test_corruption="punc-e")
+    assert fs.describe() == {"audio": ["a1/clean"], "text": ["t1/punc-all"]}
+    assert fs.features["t1"].test_key == "t1/punc-e" and fs.features["a1"].test_key == "a1/clean"
