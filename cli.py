@@ -396,6 +396,8 @@ def build_cmd(
                 prog.update(task, workers=f"{payload} worker{'s' if payload != 1 else ''}")
             elif event == "warning":
                 prog.console.print(f"[yellow]warning:[/] {payload}", highlight=False)
+            elif event == "info":
+                prog.console.print(f"[dim]{payload}[/]", highlight=False)
             elif event == "crash":
                 prog.console.print(f"[red]crash:[/] sample {payload['id']} killed worker processes; recorded and "
                                    f"skipped", highlight=False)

@@ -24,7 +24,7 @@ import numpy as np
 from featstore.catalog import Catalog, EncoderSpec, load_catalog, spec_hash
 from featstore.corrupt import Corruptor, make_corruptor, protect
 from featstore.datasets import load_index
-from featstore.datasets.base import DatasetIndex
+from featstore.datasets.base import DatasetIndex, counts_line
 from featstore.encoders import load_encoder
 from featstore.encoders.base import Encoder
 from featstore.errors import FeatstoreError, LeaseError, SampleError
@@ -455,17 +455,26 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
         if cor_spec.modality != enc_spec.modality:
             raise FeatstoreError(f"corruption {corruption} changes {cor_spec.modality} input; encoder {encoder_name} "
                                  f"reads {enc_spec.modality}")
-        if cor_spec.kind == "variant":
-            raise FeatstoreError(f"corruption {corruption} is an input variant: its inputs come from files the dataset "
-                                 f"adapter provides (e.g. `featstore import mertools` of a -{corruption} folder)")
         if client is not None and noise_bank is not None:
             noise_bank = os.path.abspath(noise_bank)   # workers have other working directories
-        corruptor = make_corruptor(cor_spec, noise_bank)
+        if cor_spec.kind != "variant":
+            corruptor = make_corruptor(cor_spec, noise_bank)
     if root is None:
         if not store.has_dataset(dataset):
             raise FeatstoreError(f"dataset {dataset} is not in the store yet; pass --root with its release folder")
         root = store.dataset_attrs(dataset).get("source_root")
     index = load_index(dataset, root, catalog)  # type: ignore[arg-type]
+    if progress:
+        line, differs = counts_line(index, ds_spec)
+        progress("warning" if differs else "info", line + ("" if differs else " (as the catalog expects)"
+                                                           if ds_spec.expected_counts else ""))
+    if cor_spec.kind == "variant":
+        if corruption not in index.variants:
+            raise FeatstoreError(f"corruption {corruption} is an input variant, and the {dataset} release read at "
+                                 f"{root} provides none (variants: {', '.join(index.variants) or 'none'}); add it to the "
+                                 f"release (e.g. a `subtitle@{corruption}` or `path@{corruption}` column for the csv "
+                                 f"adapter) or bring its features with `featstore import mertools`")
+        index = index.with_variant(corruption)
     if corruptor is not None and ds_spec.precorrupted:
         kept = protect(corruptor, index, ds_spec.precorrupted)
         if kept and progress:
@@ -480,7 +489,7 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
                                trust_remote_code=trust_remote_code, corruptor=corruptor, options=options,
                                torch_threads=torch_threads, progress=progress)
         cluster.check_workers()          # before anything is written (then the workers load the model)
-    index_to_store(store, index, ds_spec.adapter)
+    index_to_store(store, index, ds_spec.adapter)   # ids, labels, subsets: the same for every variant
     if cluster is not None:
         prov = cluster.provenance()      # loaded on a worker: the client never loads the model
         enc = None

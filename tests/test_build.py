@@ -175,7 +175,7 @@ def test_punctuation_removal_changes_text_features(store: FeatureStore, demo_cor
 
 
 def test_variant_corruptions_are_not_computed(store: FeatureStore, demo_corpus: Path) -> None:
-    with pytest.raises(FeatstoreError, match="input variant"):
+    with pytest.raises(FeatstoreError, match="input variant, and the demo release .* provides none"):
         build(store, "demo", "minilm-l6", "lang-eng", root=demo_corpus)
 
 

@@ -80,3 +80,24 @@ def test_a_text_only_csv_corpus_builds_with_an_offline_encoder(tmp_path: Path) -
     assert report.written == 2 and [f["id"] for f in report.failed] == ["b"]
     x = store.read("csv", "minilm-l6")
     assert x.shape[0] == 3 and np.abs(x[0]).sum() > 0
+
+
+def test_an_input_variant_column_builds_its_own_key(tmp_path: Path) -> None:
+    """`subtitle@lang-eng` gives the lang-eng variant: `featstore build --corruption lang-eng` encodes it."""
+    from featstore.build import BuildOptions, build
+    from featstore.store import FeatureStore, KeyName
+
+    root = _write(tmp_path / "v", "a,,我很高兴,happy,,train,,I am happy\nb,,太糟糕了,sad,,test,,\n",
+                  header="id,path,subtitle,emotion,valence,split,group,subtitle@lang-eng\n")
+    idx = load_index("csv", root)
+    assert idx.variants == {"lang-eng": {"text": ["I am happy", None]}}
+    store = FeatureStore(tmp_path / "s.zarr", create=True)
+    opts = BuildOptions(rows_per_chunk=2)
+    build(store, "csv", "minilm-l6", root=root, options=opts)
+    rep = build(store, "csv", "minilm-l6", "lang-eng", options=opts)
+    assert rep.written == 1 and [f["id"] for f in rep.failed] == ["b"]          # no English subtitle for b
+    zh, en = store.read("csv", "minilm-l6"), store.read("csv", "minilm-l6", "lang-eng")
+    assert not np.array_equal(zh[0], en[0])
+    assert store.open_key(KeyName("csv", "minilm-l6", "lang-eng")).done_mask().tolist() == [True, False]
+    with pytest.raises(FeatstoreError, match="provides none"):
+        build(store, "csv", "egemaps", "tts", options=opts)

@@ -21,7 +21,7 @@ def test_train_tests_semi_pool_and_valence(tmp_path: Path) -> None:
     (root / "test_labels").mkdir()
     (root / "test_labels" / "test1-label.csv").write_text("name,discrete,valence\nt1_a,angry,-2\n", encoding="utf-8")
     (root / "test_labels" / "test3-label.csv").write_text("name,discrete\nt3_b,worried\n", encoding="utf-8")
-    (root / "transcription.csv").write_text("name,sentence\nsample_1,我很开心\n", encoding="utf-8")
+    (root / "transcription.csv").write_text("name,sentence,english\nsample_1,我很开心,I am happy\n", encoding="utf-8")
     idx = load_index("mer2023", root)
     assert idx.ids == ["sample_1", "sample_2", "t1_a", "t2_a", "t3_a", "t3_b", "t3_c"]
     m = {k: [idx.ids[i] for i, v in enumerate(a) if v] for k, a in idx.subsets.items()}
@@ -33,3 +33,4 @@ def test_train_tests_semi_pool_and_valence(tmp_path: Path) -> None:
     v = idx.labels["valence"]
     assert v[0] == 2.5 and v[2] == -2 and np.isnan(v[3]) and idx.text[0] == "我很开心"
     assert all(p is not None for p in idx.media)
+    assert idx.variants["lang-eng"]["text"][0] == "I am happy" and idx.with_variant("lang-eng").text[0] == "I am happy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,18 @@ class DatasetIndex:
     subsets: dict[str, np.ndarray] = field(default_factory=dict)
     groups: np.ndarray | None = None            # e.g. IEMOCAP session per sample, for leave-one-group-out
     text_errors: dict[int, str] = field(default_factory=dict)  # row -> why its subtitle is unusable (e.g. not UTF-8)
+    variants: dict[str, dict[str, list[str | None]]] = field(default_factory=dict)
+    # input variants the release provides: {catalog variant name: {"text": [...]} or {"media": [...]}}, e.g.
+    # lang-eng -> the English subtitles, tts -> paths of re-synthesised speech
+
+    def with_variant(self, name: str) -> "DatasetIndex":
+        """The index whose text or media are the variant `name`'s (for building its key)."""
+        if name not in self.variants:
+            raise DatasetError(f"dataset {self.name}: the release provides no '{name}' input variant (variants: "
+                               f"{', '.join(self.variants) or 'none'})")
+        v = self.variants[name]
+        return dataclasses.replace(self, text=v.get("text", self.text), media=v.get("media", self.media),
+                                   text_errors={} if "text" in v else self.text_errors, variants={})
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -59,14 +72,17 @@ class DatasetIndex:
         return {"all": len(self.ids), **{k: int(np.asarray(v).sum()) for k, v in self.subsets.items()}}
 
 
-def report_counts(index: DatasetIndex, spec: Any) -> str:
-    """Log (and return) the index's counts next to the catalog's expected counts of the real release."""
+def counts_line(index: DatasetIndex, spec: Any) -> tuple[str, bool]:
+    """('dataset D: all N, train n (expected m), ...', whether any count differs from the catalog's expected)."""
     got = index.counts()
     expected = dict(getattr(spec, "expected_counts", {}) or {})
     parts = [f"{k} {v:,}" + (f" (expected {expected[k]:,})" if k in expected and expected[k] != v else "")
              for k, v in got.items()]
-    line = f"dataset {index.name}: " + ", ".join(parts)
-    differs = any(k in expected and expected[k] != v for k, v in got.items())
+    return f"dataset {index.name}: " + ", ".join(parts), any(k in expected and expected[k] != v for k, v in got.items())
+
+
+def report_counts(index: DatasetIndex, spec: Any) -> str:
+    """Log (and return) the index's counts next to the catalog's expected counts of the real release."""
+    line, differs = counts_line(index, spec)
     log.log(logging.WARNING if differs else logging.INFO, "%s", line)
     return line
-

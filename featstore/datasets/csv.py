@@ -10,6 +10,8 @@ Columns (names fixed; extra columns are ignored):
   valence     float (optional column; empty = unlabelled); `sentiment` likewise for sentiment corpora
   split       subset name per row (optional column; e.g. train / val / test); empty = in no subset
   group       group per row (optional column; e.g. a session, for leave-one-group-out)
+  subtitle@V, path@V   an input variant V (a catalog variant such as lang-eng or tts): other subtitles or
+              other media per sample, built as the key (dataset, encoder, V)
 
 Gives a DatasetIndex in file order. Media paths that do not exist are counted and the first few named in a
 warning (their samples fail at decode, recorded per sample); subtitles that are not valid UTF-8 are per-sample
@@ -122,13 +124,24 @@ def read_table(path: Path, spec, columns: dict[str, str], media: str | None = No
     if missing_media:
         log.warning("dataset %s: %d of %d clips missing (first: %s)", name, len(missing_media), n,
                     ", ".join(missing_media[:3]))
+    variants: dict[str, dict[str, list[str | None]]] = {}
+    for col in header:
+        role, _, variant = col.partition("@")
+        if variant and role in ("subtitle", "path"):
+            vals = [(r.get(col) or None) for r in rows]
+            if role == "path":
+                vals = [str((base / v).resolve()) if v and (base / v).is_file() else None for v in vals]
+            else:
+                vals = [None if v is None or has_bad_bytes(v) else v for v in vals]
+            variants.setdefault(variant, {})["text" if role == "subtitle" else "media"] = vals
     labels: dict[str, np.ndarray] = dict(cont)
     label_classes: dict[str, list[str]] = {}
     if has["emotion"]:
         labels["emotion"], label_classes["emotion"] = emotion, classes
     return DatasetIndex(name=name, root=str(base), ids=ids, media=media_paths, text=text, labels=labels,
                         label_classes=label_classes, subsets=subsets,
-                        groups=np.array(groups, dtype=str) if has["group"] else None, text_errors=text_errors)
+                        groups=np.array(groups, dtype=str) if has["group"] else None, text_errors=text_errors,
+                        variants=variants)
 
 
 def read_rows(path: Path, name: str, required: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:

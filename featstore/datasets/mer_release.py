@@ -3,7 +3,8 @@
 A release is a labelled Train&Val folder with a label CSV (name, discrete[, valence]), folders of test or
 unlabelled clips (each folder a subset), optional test label CSVs (name, discrete[, valence]) that either label a
 clip folder's samples or name a labelled subset inside it, an optional transcription CSV (name, chinese |
-sentence, english) and, for MER2024, the open-vocabulary sample list. `Layout` says which files; the
+sentence, english; the English column is the `lang-eng` input variant) and, for MER2024, the open-vocabulary
+sample list. `Layout` says which files; the
 mer2023 and mer2024 modules each hold one.
 """
 
@@ -124,6 +125,7 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
         log.warning("dataset %s: %d labelled name(s) have no clip (first: %s)", name, len(no_clip),
                     ", ".join(no_clip[:3]))
     text: list[str | None] = [None] * n
+    english: list[str | None] = [None] * n
     text_errors: dict[int, str] = {}
     subs = _first(root, layout.transcripts, is_dir=False) if layout.transcripts else None
     if subs is not None:
@@ -133,6 +135,9 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
             raise FeatstoreError(f"dataset {name}: {subs} has no chinese, sentence or english column")
         for r in rows:
             i = pos.get(r["name"].strip())
+            if i is not None and col != "english" and (r.get("english") or "").strip() \
+                    and not has_bad_bytes(r["english"]):
+                english[i] = r["english"].strip()
             t = r[col]
             if i is None or not t:
                 continue
@@ -144,4 +149,5 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
     if np.isfinite(valence).any():
         labels["valence"] = valence
     return DatasetIndex(name=name, root=str(root.resolve()), ids=ids, media=media, text=text, labels=labels,
-                        label_classes={"emotion": classes}, subsets=subsets, text_errors=text_errors)
+                        label_classes={"emotion": classes}, subsets=subsets, text_errors=text_errors,
+                        variants={"lang-eng": {"text": english}} if any(english) else {})
