@@ -26,7 +26,8 @@ def _release(root: Path, train_extra: bytes = b"", emotion: str = "surprise") ->
     root.mkdir(parents=True)
     for name, body in rows.items():
         (root / name).write_bytes(HEADER.encode() + body)
-    for folder, clips in (("train/train_splits", ["dia0_utt0", "dia0_utt1"]),       # dia1_utt0 missing
+    for folder, clips in (("train/train_splits", ["dia0_utt0", "dia0_utt1", "dia9_utt9"]),  # dia1_utt0 missing,
+                          # dia9_utt9 has no label row
                           ("dev_splits_complete", ["dia0_utt0"]), ("output_repeated_splits_test", ["dia0_utt0"])):
         (root / folder).mkdir(parents=True)
         for c in clips:
@@ -48,6 +49,7 @@ def test_reads_the_three_splits_with_labels_text_and_clips(tmp_path: Path, caplo
     assert idx.media[1].endswith("train/train_splits/dia0_utt1.mp4") and idx.media[2] is None
     assert idx.media[3].endswith("dev_splits_complete/dia0_utt0.mp4")
     assert "1 of 5 utterances have no clip (first: train_dia1_utt0)" in caplog.text
+    assert "1 clip(s) in" in caplog.text and "have no label row (first: dia9_utt9)" in caplog.text
 
 
 def test_bad_bytes_unknown_emotions_and_duplicates(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def _release(root: Path, label_csv: str | bytes, clips: list[tuple[str, str]]) -
 
 
 def test_sims_with_unimodal_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    root = _release(tmp_path / "SIMS", SIMS, [("video_0001", "0001"), ("video_0002", "0001")])
+    root = _release(tmp_path / "SIMS", SIMS, [("video_0001", "0001"), ("video_0002", "0001"), ("video_0003", "0007")])
     with caplog.at_level(logging.WARNING):
         idx = load_index("ch-sims", root)
     assert idx.ids == ["video_0001$_$0001", "video_0001$_$0002", "video_0002$_$0001"]
@@ -39,6 +39,7 @@ def test_sims_with_unimodal_labels(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert {k: v.tolist() for k, v in idx.subsets.items()} == {"train": [True, False, False], "val": [False, True, False],
                                                               "test": [False, False, True]}
     assert idx.text[2] == "太棒了！" and idx.media[1] is None and "1 of 3 clips missing" in caplog.text
+    assert "1 clip(s) in" in caplog.text and "no label row (first: video_0003/0007)" in caplog.text
 
 
 def test_mosi_without_unimodal_labels_feeds_the_sentiment_protocol(tmp_path: Path) -> None:

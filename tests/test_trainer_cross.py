@@ -52,3 +52,18 @@ def test_pairs_without_shared_labels_are_refused(pair: tuple[FeatureSet, Feature
         merge(a, dataclasses.replace(b, classes=["bored", "tired", "calm", "excited?"]))
     with pytest.raises(FeatstoreError, match="one is scored on sentiment"):
         merge(a, dataclasses.replace(b, selection="sentiment"))
+
+
+def test_sentiment_pairs_meet_on_a_normalised_scale(pair: tuple[FeatureSet, FeatureSet]) -> None:
+    import torch
+
+    a, b = pair
+    mosi = dataclasses.replace(a, selection="sentiment", emotion=None, classes=[],
+                               valence=torch.clamp(a.valence, -3, 3))          # [-3, 3]
+    sims = dataclasses.replace(b, selection="sentiment", emotion=None, classes=[],
+                               valence=torch.clamp(b.valence / 3, -1, 1))      # [-1, 1]
+    m = merge(mosi, sims)
+    v = m.valence.numpy()
+    assert np.allclose(v[:a.n], mosi.valence.numpy() / 3, equal_nan=True)
+    assert np.allclose(v[a.n:], sims.valence.numpy(), equal_nan=True) and np.nanmax(np.abs(v)) <= 1
+    assert m.emotion is None and m.classes == []

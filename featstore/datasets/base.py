@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,21 @@ class DatasetIndex:
     def counts(self) -> dict[str, int]:
         """{'all': samples, subset: members, ...}: what a user checks against the paper's table."""
         return {"all": len(self.ids), **{k: int(np.asarray(v).sum()) for k, v in self.subsets.items()}}
+
+
+def report_unlabelled_clips(dataset: str, where: str, clips: list[str]) -> int:
+    """Log (and count) clips that no label row names (the reverse of a label without a clip)."""
+    if clips:
+        log.warning("dataset %s: %d clip(s) in %s have no label row (first: %s); they are left out", dataset,
+                    len(clips), where, ", ".join(sorted(clips)[:3]))
+    return len(clips)
+
+
+def clips_not_named(folder: Path | None, named: set[str], pattern: str = "*.mp4") -> list[str]:
+    """Stems of the clips in `folder` that are not in `named`."""
+    if folder is None or not folder.is_dir():
+        return []
+    return [p.stem for p in folder.glob(pattern) if p.stem not in named]
 
 
 def counts_line(index: DatasetIndex, spec: Any) -> tuple[str, bool]:

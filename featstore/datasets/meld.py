@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.datasets.base import DatasetIndex
+from featstore.datasets.base import DatasetIndex, clips_not_named, report_unlabelled_clips
 from featstore.datasets.csv import has_bad_bytes, read_rows
 from featstore.errors import FeatstoreError
 
@@ -57,6 +57,8 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
             raise FeatstoreError(f"dataset {name}: no {fname} under {root} (is this the extracted MELD.Raw folder?)")
         clip_dir = next((root / f for f in folders if (root / f).is_dir()), None)
         rows, _ = read_rows(path, name, COLUMNS)
+        named = {f"dia{(r['Dialogue_ID'] or '').strip()}_utt{(r['Utterance_ID'] or '').strip()}" for r in rows}
+        report_unlabelled_clips(name, str(clip_dir), clips_not_named(clip_dir, named))
         for line, r in enumerate(rows, start=2):
             d, u = (r["Dialogue_ID"] or "").strip(), (r["Utterance_ID"] or "").strip()
             if not (d.isdigit() and u.isdigit()):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.datasets.base import DatasetIndex
+from featstore.datasets.base import DatasetIndex, clips_not_named, report_unlabelled_clips
 from featstore.datasets.csv import has_bad_bytes, parse_number, read_rows
 from featstore.errors import FeatstoreError
 
@@ -97,6 +97,8 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
         return got
 
     put(train, label_file.name)
+    train_dir = folder_of.get(0)
+    report_unlabelled_clips(name, str(train_dir), clips_not_named(train_dir, set(ids[:len(train)])))
     for subset, fname in layout.test_labels.items():
         if (root / fname).is_file():
             rows = put(read_rows(root / fname, name, ("name", "discrete"))[0], fname)

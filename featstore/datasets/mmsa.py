@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.datasets.base import DatasetIndex
+from featstore.datasets.base import DatasetIndex, clips_not_named, report_unlabelled_clips
 from featstore.datasets.csv import has_bad_bytes, parse_number, read_rows
 from featstore.errors import FeatstoreError
 
@@ -77,6 +77,13 @@ def load(root: Path, spec) -> DatasetIndex:  # noqa: ANN001 - spec is a catalog 
     if no_clip:
         log.warning("dataset %s: %d of %d clips missing under %s (first: %s)", name, len(no_clip), n, root / "Raw",
                     ", ".join(no_clip[:3]))
+    by_video: dict[str, set[str]] = {}
+    for sid in ids:
+        vid, _, cid = sid.partition("$_$")
+        by_video.setdefault(vid, set()).add(cid)
+    extra = [f"{vdir.name}/{c}" for vdir in ((root / "Raw").glob("*") if (root / "Raw").is_dir() else [])
+             for c in clips_not_named(vdir, by_video.get(vdir.name, set()))]
+    report_unlabelled_clips(name, str(root / "Raw"), extra)
     m = np.array(modes)
     return DatasetIndex(name=name, root=str(root.resolve()), ids=ids, media=media, text=text, labels=labels,
                         subsets={s: m == s for s in ("train", "val", "test")}, text_errors=text_errors)
