@@ -147,3 +147,13 @@ def test_predict_writes_a_submission_for_every_sample_of_a_split(tmp_path: Path)
     err = trainer("predict", "--store", store, "--dataset", "synth", "--split", "tets1", "--out", str(out),
                   "--audio", "a1", "--epochs", "1", "--folds", "cv3", code=1)
     assert "unknown subset of synth 'tets1'" in err and "test1" in err and out.read_bytes() == before
+
+
+def test_concatenated_branches_are_a_trial_of_their_own(store: str, tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    base = ["run", "--store", store, "--dataset", "synth", "--audio", "a1,a2", "--epochs", "1", "--folds", "cv3",
+            "--results", str(db), "--json"]
+    trainer(*base)
+    n = ResultsDB(db).count()
+    trainer(*base, "--concat")
+    assert ResultsDB(db).count() == 2 * n        # recorded next to the per-feature-branch trial, not ignored

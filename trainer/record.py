@@ -17,22 +17,27 @@ NOT_DEFINING = ("seeds", "threads", "device")
 def trial_config(result: ExperimentResult, config: int, preset: str = "default",
                  test_corruption: str | None = None) -> dict[str, Any]:
     """Everything that defines one trial of `result` (see trial_definition)."""
+    custom = any(":" in b or "#" in b for b in result.branches)   # concatenated or replicated branches
     return trial_definition(result.dataset, result.features, result.feature_hashes, result.fusion, result.protocol,
-                            result.configs[config], preset, test_corruption)
+                            result.configs[config], preset, test_corruption, result.branches if custom else None)
 
 
 def trial_definition(dataset: str, features: dict[str, list[str]], feature_hashes: dict[str, str], fusion: str,
                      protocol: Protocol, hyper: dict[str, Any], preset: str = "default",
-                     test_corruption: str | None = None) -> dict[str, Any]:
+                     test_corruption: str | None = None, branches: list[str] | None = None) -> dict[str, Any]:
     """Everything that defines one trial: dataset, features and their store spec hashes, fusion, protocol, hyper.
 
     Computable before training (features: FeatureSet.describe(), feature_hashes: FeatureSet.spec_hashes(), hyper:
-    trainer.fit.normalise_configs), so a grid can skip the trials already in the database.
+    trainer.fit.normalise_configs), so a grid can skip the trials already in the database. branches: the branch
+    names when they are not one per feature (concat, replicate).
     """
     proto = {k: v for k, v in protocol.as_dict().items() if k not in NOT_DEFINING}
-    return {"dataset": dataset, "features": features, "feature_hashes": feature_hashes,
-            "test_corruption": test_corruption, "fusion": fusion, "protocol": proto,
-            "hyper": hyper, "preset": preset}
+    out = {"dataset": dataset, "features": features, "feature_hashes": feature_hashes,
+           "test_corruption": test_corruption, "fusion": fusion, "protocol": proto,
+           "hyper": hyper, "preset": preset}
+    if branches is not None:  # a model over concatenated (or replicated) branches is another trial
+        out["branches"] = list(branches)
+    return out
 
 
 def result_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
