@@ -722,6 +722,7 @@ def trainer_grid_cmd(
     rank_by: Annotated[str, typer.Option("--rank-by", help="cv | test: which ranking picks the Top-N.")] = "cv",
     rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Use another dataset's ranking (MERBench Table 10).")] = None,
     rank_trials: Annotated[int, typer.Option(help="Configs per encoder when the ranking must be computed first.")] = 24,
+    softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights in every trial.")] = False,
     *,
     fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
     weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, max_models: Optional[int],
@@ -744,7 +745,8 @@ def trainer_grid_cmd(
         rep = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=fusion, n_trials=trials,
                        corruption=corruption, test_corruption=test_corruption, rank_by=rank_by, rank_from=rank_from,
                        rank_trials=rank_trials, client=client, max_models=max_models,
-                       progress=_search_progress(prog, f"grid {dataset}"))
+                       progress=_search_progress(prog, f"grid {dataset}"),
+                       model_options={"softmax": True} if softmax else None)
     if as_json:
         _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "rows_added": rep.rows_added,
                      "wall_s": rep.seconds, "best": rep.best, "notes": rep.notes,

@@ -133,3 +133,13 @@ def test_grid_on_a_two_worker_cluster_equals_the_local_grid(synth: FeatureStore,
                 for r in db.rows()}
 
     assert table(dist) == table(local) and len(table(local)) > 0
+
+
+def test_model_options_join_every_trial_of_a_grid(synth: FeatureStore, tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "r.sqlite")
+    kw = dict(topn=[1], combos=[("audio", "video")], n_trials=2, rank_trials=1)
+    plain = run_grid(synth, db, "synth", PROTO, **kw)
+    soft = run_grid(synth, db, "synth", PROTO, model_options={"softmax": True}, **kw)
+    assert plain.trained == soft.trained == 2                      # new trials, not skipped as done
+    hypers = [r["hyper"] for r in db.rows("fusion = 'attention' AND fold = -1 AND split = 'cv'")]
+    assert sum(1 for h in hypers if h.get("softmax") is True) == 2 and len(hypers) == 4

@@ -265,9 +265,10 @@ def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
              combos: Sequence[tuple[str, ...]], fusion: str = "attention", n_trials: int = 50, trial_seed: int = 0,
              corruption: str = "clean", test_corruption: str | None = None, rank_by: str = "cv",
              rank_from: str | None = None, rank_trials: int = 24, client: Any = None, max_models: int | None = None,
-             progress: Progress | None = None) -> SearchReport:
+             progress: Progress | None = None, model_options: dict[str, Any] | None = None) -> SearchReport:
     """Top-N x modality-combination x hyper-parameter search. The ranking comes from the database (`rank_from`:
-    another dataset's); when `dataset`'s own ranking is missing, `trainer rank`'s search runs first."""
+    another dataset's); when `dataset`'s own ranking is missing, `trainer rank`'s search runs first.
+    model_options (e.g. {'softmax': True} for attention) join every config of the search (and its hash)."""
     notes: list[str] = []
     stored = stored_encoders(store, dataset, corruption)
     src = rank_from or dataset
@@ -292,8 +293,8 @@ def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
     sets = topn_sets(names, topn, combos, notes)
     if not sets:
         raise FeatstoreError(f"no feature set to search for {dataset}: " + ("; ".join(notes) or "nothing ranked"))
-    tasks = _plan(store, db, dataset, sets, fusion, protocol, trials(n_trials, trial_seed), corruption,
-                  test_corruption, "default")
+    configs = [{**c, **(model_options or {})} for c in trials(n_trials, trial_seed)]
+    tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, test_corruption, "default")
     rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, test_corruption, "default", client,
                     max_models, progress)
     rep.notes = notes + rep.notes
