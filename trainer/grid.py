@@ -22,6 +22,7 @@ from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
 from trainer.data import MODALITY_ARGS, key_corruption, load_features
 from trainer.fit import normalise_configs, run_experiment
+from trainer.models import model_class
 from trainer.protocol import Protocol
 from trainer.record import output_rows, result_rows, trial_definition
 from trainer.results import ResultsDB, config_hash
@@ -293,7 +294,8 @@ def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
     sets = topn_sets(names, topn, combos, notes)
     if not sets:
         raise FeatstoreError(f"no feature set to search for {dataset}: " + ("; ".join(notes) or "nothing ranked"))
-    configs = [{**c, **(model_options or {})} for c in trials(n_trials, trial_seed)]
+    space = getattr(model_class(fusion), "space", None)      # a fusion's own search space, else Table 4's
+    configs = [{**c, **(model_options or {})} for c in trials(n_trials, trial_seed, space)]
     tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, test_corruption, "default")
     rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, test_corruption, "default", client,
                     max_models, progress)

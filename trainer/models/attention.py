@@ -25,25 +25,16 @@ class Attention(MLPEncoderMixin, BatchedModel):
     def __init__(self, spec: ModelSpec, softmax: bool = False) -> None:
         super().__init__(spec)
         self.softmax = bool(softmax)
-        self.branch_names = list(spec.branches)
-        M, H = len(self.branch_names), spec.hidden
-        for i, b in enumerate(self.branch_names):
-            self.mlp_encoder(f"enc{i}", [spec.dims[p] for p in spec.branches[b]], H)
+        H = spec.hidden
+        self.branch_names = self.branch_encoders(H)
+        M = len(self.branch_names)
         self.mlp_encoder("att", [H * M], H)
         self.linear("fc_att", [H], M)
-        if spec.n_classes:
-            self.linear("fc_out_1", [H], spec.n_classes)
-        if spec.n_valence:
-            self.linear("fc_out_2", [H], spec.n_valence)
+        self.output_heads(H)
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        hiddens = []
-        for i, b in enumerate(self.branch_names):
-            h = self.run_encoder(f"enc{i}", [inputs[p] for p in self.spec.branches[b]])
-            if masks is not None and b in masks:
-                h = h * masks[b].to(h.dtype).unsqueeze(-1)
-            hiddens.append(h)
+        hiddens = self.run_branches(self.branch_names, inputs, masks)
         att = self.run_hidden_encoder("att", torch.cat(hiddens, dim=-1))
         weights = self.apply_linear("fc_att", [att])                        # [K, n, M]
         if self.softmax:
@@ -57,9 +48,4 @@ class Attention(MLPEncoderMixin, BatchedModel):
         fused = hiddens[0] * weights[..., 0:1]
         for i in range(1, len(hiddens)):
             fused = fused + hiddens[i] * weights[..., i:i + 1]
-        out = {"attention": weights, "features": fused}
-        if self.spec.n_classes:
-            out["emotion"] = self.apply_linear("fc_out_1", [fused])
-        if self.spec.n_valence:
-            out["valence"] = self.apply_linear("fc_out_2", [fused])[..., 0]
-        return out
+        return self.run_heads(fused, attention=weights)

@@ -248,6 +248,40 @@ class MLPEncoderMixin:
         h = torch.relu(self.apply_linear(f"{name}_2", [h]))
         return torch.relu(self.apply_linear(f"{name}_3", [h]))
 
+    def branch_encoders(self: BatchedModel, hidden: int, prefix: str = "enc") -> list[str]:  # type: ignore[misc]
+        """One MLPEncoder per branch (`{prefix}{i}`) to `hidden`; returns the branch names in order."""
+        names = list(self.spec.branches)
+        for i, b in enumerate(names):
+            self.mlp_encoder(f"{prefix}{i}", [self.spec.dims[p] for p in self.spec.branches[b]], hidden)
+        return names
+
+    def run_branches(self: BatchedModel, names: Sequence[str], inputs: dict[str, torch.Tensor],  # type: ignore[misc]
+                     masks: dict[str, torch.Tensor] | None, prefix: str = "enc") -> list[torch.Tensor]:
+        """Each branch's encoder output; a branch missing for a row (its extraction failed) gives zeros there."""
+        out = []
+        for i, b in enumerate(names):
+            h = self.run_encoder(f"{prefix}{i}", [inputs[p] for p in self.spec.branches[b]])
+            if masks is not None and b in masks:
+                h = h * masks[b].to(h.dtype).unsqueeze(-1)
+            out.append(h)
+        return out
+
+    def output_heads(self: BatchedModel, width: int) -> None:  # type: ignore[misc]
+        """The emotion head (fc_out_1) and, when the dataset has valence, the valence head (fc_out_2)."""
+        if self.spec.n_classes:
+            self.linear("fc_out_1", [width], self.spec.n_classes)
+        if self.spec.n_valence:
+            self.linear("fc_out_2", [width], self.spec.n_valence)
+
+    def run_heads(self: BatchedModel, fused: torch.Tensor, **extra: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[misc]
+        """{'features': fused, 'emotion': logits, 'valence': [K, n], **extra}."""
+        out = {"features": fused, **extra}
+        if self.spec.n_classes:
+            out["emotion"] = self.apply_linear("fc_out_1", [fused])
+        if self.spec.n_valence:
+            out["valence"] = self.apply_linear("fc_out_2", [fused])[..., 0]
+        return out
+
     def run_hidden_encoder(self: BatchedModel, name: str, h: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
         """The same encoder over an activation (dropout differentiable)."""
         h = torch.relu(self.apply_linear(f"{name}_1", [self.drop(h)]))

@@ -19,17 +19,8 @@ class MLP(MLPEncoderMixin, BatchedModel):
         super().__init__(spec)
         self.parts = [p for parts in spec.branches.values() for p in parts]
         self.mlp_encoder("enc0", [spec.dims[p] for p in self.parts], spec.hidden)
-        if spec.n_classes:
-            self.linear("fc_out_1", [spec.hidden], spec.n_classes)
-        if spec.n_valence:
-            self.linear("fc_out_2", [spec.hidden], spec.n_valence)
+        self.output_heads(spec.hidden)
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        h = self.run_encoder("enc0", [inputs[p] for p in self.parts])
-        out = {"features": h}
-        if self.spec.n_classes:
-            out["emotion"] = self.apply_linear("fc_out_1", [h])
-        if self.spec.n_valence:
-            out["valence"] = self.apply_linear("fc_out_2", [h])[..., 0]
-        return out
+        return self.run_heads(self.run_encoder("enc0", [inputs[p] for p in self.parts]))
