@@ -12,7 +12,7 @@ from trainer.models.base import ModelSpec
 from trainer.optim import BatchedAdam
 
 DIMS = {"a": 12, "t": 20, "v": 8}
-ZOO = ["tfn", "lmf"]
+ZOO = ["tfn", "lmf", "lf_dnn"]
 
 
 def spec(K: int = 2, hidden: int = 16, dropout: float = 0.0, branches: dict | None = None, n_valence: int = 1) -> ModelSpec:

@@ -266,6 +266,15 @@ class MLPEncoderMixin:
             out.append(h)
         return out
 
+    def post_fusion(self: BatchedModel, width: int) -> None:  # type: ignore[misc]
+        """A post-fusion MLP from `width` to `hidden`: (dropout, Linear+ReLU) twice (TFN, LF-DNN)."""
+        self.linear("post_1", [width], self.spec.hidden)
+        self.linear("post_2", [self.spec.hidden], self.spec.hidden)
+
+    def run_post_fusion(self: BatchedModel, fused: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
+        x = torch.relu(self.apply_linear("post_1", [self.drop(fused)]))
+        return torch.relu(self.apply_linear("post_2", [self.drop(x)]))
+
     def output_heads(self: BatchedModel, width: int) -> None:  # type: ignore[misc]
         """The emotion head (fc_out_1) and, when the dataset has valence, the valence head (fc_out_2)."""
         if self.spec.n_classes:

@@ -34,8 +34,7 @@ class TFN(MLPEncoderMixin, BatchedModel):
             raise ProtocolError(f"tfn: subnet must be >= 1, got {subnet}")
         self.names = self.branch_encoders(int(subnet))
         width = (int(subnet) + 1) ** len(self.names)
-        self.linear("post_1", [width], spec.hidden)
-        self.linear("post_2", [spec.hidden], spec.hidden)
+        self.post_fusion(width)
         self.output_heads(spec.hidden)
 
     def forward(self, inputs: dict[str, torch.Tensor],
@@ -46,6 +45,4 @@ class TFN(MLPEncoderMixin, BatchedModel):
             z = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)                 # [K, n, h+1]
             fused = z if fused is None else (fused.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
         assert fused is not None
-        x = torch.relu(self.apply_linear("post_1", [self.drop(fused)]))
-        x = torch.relu(self.apply_linear("post_2", [self.drop(x)]))
-        return self.run_heads(x)
+        return self.run_heads(self.run_post_fusion(fused))
