@@ -501,7 +501,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "video": (Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")], None),
     "corruption": (CorruptionOpt, "clean"),
     "test_corruption": (TestCorruptionOpt, None),
-    "fusion": (Annotated[str, typer.Option(help="Fusion model (attention, mlp, …).")], "attention"),
+    "fusion": (Annotated[str, typer.Option(help="Fusion model (attention, mlp, tfn, lmf, lf_dnn; grid: all).")], "attention"),
     "protocol": (ProtocolOpt, "mertools"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
@@ -730,7 +730,8 @@ def trainer_grid_cmd(
     store: str, as_json: bool,
 ) -> None:
     """Search Top-N feature sets x modality combinations x hidden {64,128,256} x lr {1e-3,1e-4} x dropout
-    {.2,.3,.4,.5}; resumable (trials in the database are skipped), locally or on a Dask cluster."""
+    {.2,.3,.4,.5} (or the fusion's own space); `--fusion all` runs every registered fusion; resumable (trials in
+    the database are skipped), locally or on a Dask cluster."""
     from trainer.grid import run_grid
     from trainer.search import parse_modalities, parse_topn
 
@@ -741,12 +742,27 @@ def trainer_grid_cmd(
                       seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits)
     fs = _open(store, read_only=True)
     db = _results_db(results, fs.path)
+    from trainer.grid import SearchReport
+    from trainer.models import available_models, model_class
+
+    fusions = [f for f in available_models() if f != "mlp"] if fusion == "all" else [fusion]
+    for f in fusions:
+        model_class(f)                        # unknown names fail before any work, with the closest names
+    rep = SearchReport([])
     with _cluster(workers, scheduler) as client, _progress() as prog:
-        rep = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=fusion, n_trials=trials,
-                       corruption=corruption, test_corruption=test_corruption, rank_by=rank_by, rank_from=rank_from,
-                       rank_trials=rank_trials, client=client, max_models=max_models,
-                       progress=_search_progress(prog, f"grid {dataset}"),
-                       model_options={"softmax": True} if softmax else None)
+        for f in fusions:
+            sub = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=f, n_trials=trials,
+                           corruption=corruption, test_corruption=test_corruption, rank_by=rank_by,
+                           rank_from=rank_from, rank_trials=rank_trials, client=client, max_models=max_models,
+                           progress=_search_progress(prog, f"grid {dataset} {f}"),
+                           model_options={"softmax": True} if softmax and f == "attention" else None)
+            rep.tasks += sub.tasks
+            rep.trained, rep.skipped, rep.rows_added = (rep.trained + sub.trained, rep.skipped + sub.skipped,
+                                                        rep.rows_added + sub.rows_added)
+            rep.seconds += sub.seconds
+            rep.notes += [n for n in sub.notes if n not in rep.notes]
+            if sub.best and sub.best.get("waf", -1) > rep.best.get("waf", -1):
+                rep.best = {**sub.best, "task": f"{f} {sub.best['task']}"}
     if as_json:
         _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "rows_added": rep.rows_added,
                      "wall_s": rep.seconds, "best": rep.best, "notes": rep.notes,

@@ -157,3 +157,17 @@ def test_concatenated_branches_are_a_trial_of_their_own(store: str, tmp_path: Pa
     n = ResultsDB(db).count()
     trainer(*base, "--concat")
     assert ResultsDB(db).count() == 2 * n        # recorded next to the per-feature-branch trial, not ignored
+
+
+def test_grid_over_every_fusion_and_the_table_9_report(store: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    out = _json(trainer("grid", "--store", store, "--dataset", "synth", "--topn", "1", "--modalities", "AV",
+                        "--fusion", "all", "--trials", "1", "--rank-trials", "1", "--epochs", "1", "--folds", "cv3",
+                        "--results", db, "--json"))
+    fusions = {r["fusion"] for r in ResultsDB(db).rows("split = 'cv' AND fold = -1")} - {"mlp"}
+    assert fusions == {"attention", "tfn", "lmf", "lf_dnn"} and out["trained"] == 4
+    md = trainer("report", "--store", store, "--results", db)
+    table9 = md[md.index("Table 9 style"):]
+    assert all(f"| mertools | {f} |" in table9 for f in fusions)
+    assert "unknown fusion model 'tnf'" in trainer("grid", "--store", store, "--dataset", "synth", "--fusion", "tnf",
+                                                  "--results", db, code=1)

@@ -213,10 +213,30 @@ def noise_table(trials_: Sequence[Trial]) -> Table:
                           "%, mean ± std over seeds", cols, out)
 
 
+def fusion_table(trials_: Sequence[Trial]) -> Table:
+    """MERBench Table 9 style: fusion (rows) x dataset (columns), the first test split's WAF of each fusion's best
+    multimodal trial (by CV score) on the clean features; shown when two or more fusions were tried."""
+    multi = [t for t in trials_ if len(t.features) > 1 and t.corruptions == "clean"]
+    best = best_by(multi, lambda t: (t.mode, t.fusion, t.dataset))
+    if len({k[1] for k in best}) < 2:
+        return Table("fusion", "", [], [])
+    datasets = sorted({k[2] for k in best})
+    rows = []
+    for mode, fusion in sorted({(k[0], k[1]) for k in best}):
+        cells = []
+        for d in datasets:
+            t = best.get((mode, fusion, d))
+            splits = test_splits([t]) if t else []
+            cells.append(t.get(splits[0], "waf") if splits else (math.nan, math.nan))
+        rows.append([mode, fusion, *cells])
+    return Table("fusion", "Fusion strategies (MERBench Table 9 style): test WAF of each fusion's best multimodal "
+                           "config by CV score; %, mean ± std over seeds", ["mode", "fusion", *datasets], rows)
+
+
 def tables(db: ResultsDB, dataset: str | None = None, mode: str | None = None) -> list[Table]:
     """The report's tables (those with rows)."""
     ts = trials(db, dataset, mode)
-    return [t for t in (unimodal_table(ts), multimodal_table(ts), noise_table(ts)) if t.rows]
+    return [t for t in (unimodal_table(ts), multimodal_table(ts), noise_table(ts), fusion_table(ts)) if t.rows]
 
 
 def render(tabs: Sequence[Table], fmt: str = "md") -> str:
