@@ -549,6 +549,20 @@ def _protocol(**kw: Any):  # noqa: ANN202
         raise FeatstoreError(str(exc)) from None
 
 
+def _model_options(pairs: Optional[list[str]]) -> dict[str, Any]:
+    """['rank=8', 'subnet=32'] -> {'rank': 8, 'subnet': 32} (numbers parsed; a bad pair is named)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FeatstoreError(f"--model-option '{pair}': expected KEY=VALUE, e.g. rank=8")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _results_db(results: Optional[Path], store_path: str):  # noqa: ANN202
     from trainer.results import ResultsDB, default_results_path
 
@@ -566,6 +580,7 @@ def trainer_run_cmd(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store.", autocompletion=_complete("datasets"))],
     concat: Annotated[bool, typer.Option("--concat", help="Concatenate each modality's features into one input (default: one branch per feature).")] = False,
     softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights (the paper's equation; MERTools applies none).")] = False,
+    model_option: Annotated[Optional[list[str]], typer.Option("--model-option", help="A fusion model's own option, KEY=VALUE (e.g. rank=8 for lmf, subnet=32 for tfn); repeatable.")] = None,
     save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", help="Write one CSV per test split here.")] = None,
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
@@ -591,7 +606,8 @@ def trainer_run_cmd(
                              concat=concat)
     with _progress() as prog:
         task = prog.add_task(f"{dataset} {fusion}", total=epochs, rate="", errors="")
-        result = run_experiment(features, fusion, proto, {"softmax": True} if softmax else None, max_models=max_models,
+        options = _model_options(model_option) | ({"softmax": True} if softmax else {})
+        result = run_experiment(features, fusion, proto, options or None, max_models=max_models,
                                 progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
                                 if ev == "epoch" else None)
     db = _results_db(results, fs.path)

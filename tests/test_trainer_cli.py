@@ -171,3 +171,11 @@ def test_grid_over_every_fusion_and_the_table_9_report(store: str, tmp_path: Pat
     assert all(f"| mertools | {f} |" in table9 for f in fusions)
     assert "unknown fusion model 'tnf'" in trainer("grid", "--store", store, "--dataset", "synth", "--fusion", "tnf",
                                                   "--results", db, code=1)
+
+
+def test_model_options_reach_the_fusion(store: str, tmp_path: Path) -> None:
+    base = ["run", "--store", store, "--dataset", "synth", "--audio", "a1", "--video", "v1", "--fusion", "lmf",
+            "--epochs", "1", "--folds", "cv3", "--results", str(tmp_path / "r.sqlite"), "--json"]
+    assert _json(trainer(*base, "--model-option", "rank=3"))["config"]["rank"] == 3
+    assert "does not take option" in trainer(*base, "--model-option", "subnet=8", code=1)
+    assert "expected KEY=VALUE" in trainer(*base, "--model-option", "rank", code=1)
