@@ -400,15 +400,11 @@ def plan_partitions(fa: FeatureArray, options: BuildOptions) -> list[tuple[int, 
 
 # ---------------------------------------------------------------------------------------------- build
 def _drop_unfinished_records(fa: FeatureArray) -> None:
-    """Delete finished-partition record groups left without attributes by a kill -9 inside
-    `finish_partition` (it creates the group, then writes its attributes). Their partitions are
-    then planned again like any unrecorded partition. Called with the key's lease held, before work."""
-    if "errors" not in fa.group:
-        return
-    errors = fa.group["errors"]
-    for name, g in list(errors.groups()):
-        if "start" not in g.attrs:
-            del errors[name]
+    """Delete finished-partition record groups a kill -9 left incomplete (FeatureArray.unfinished_records).
+    Their partitions are then planned again like any unrecorded partition. Called with the key's lease held,
+    before work."""
+    for name in fa.unfinished_records():
+        del fa.group["errors"][name]
 
 
 def _drop_half_created_key(store: FeatureStore, key: KeyName) -> None:

@@ -154,11 +154,11 @@ class FeatureArray:
                          drawn: dict[str, dict[str, Any]] | None = None) -> None:
         """Record a finished partition: its per-sample failures (id, stage, message) and, for corrupted
         keys, the corruption parameters drawn per sample (id -> params)."""
-        g = self.group.require_group("errors").require_group(f"p{start:010d}")
         attrs: dict[str, Any] = {"start": int(start), "stop": int(stop), "records": list(records), "finished": _now()}
         if drawn:
             attrs["drawn"] = drawn
-        g.attrs.update(attrs)
+        # one metadata write (attrs.update writes zarr.json once per key): a kill leaves the whole record or none
+        self.group.require_group("errors").create_group(f"p{start:010d}", attributes=attrs, overwrite=True)
 
     def drawn_params(self) -> dict[str, dict[str, Any]]:
         """Sample id -> corruption parameters drawn for it (noise SNR and clips, blur factor, ...)."""
@@ -172,7 +172,13 @@ class FeatureArray:
         if "errors" not in self.group:
             return {}
         errs = self.group["errors"]
-        return {int(v.attrs["start"]): dict(v.attrs) for _, v in errs.groups()}
+        return {int(v.attrs["start"]): dict(v.attrs) for _, v in errs.groups() if _complete_record(v.attrs)}
+
+    def unfinished_records(self) -> list[str]:
+        """Names of record groups a kill left incomplete (not finished partitions: planned again)."""
+        if "errors" not in self.group:
+            return []
+        return [name for name, v in self.group["errors"].groups() if not _complete_record(v.attrs)]
 
     def errors(self) -> list[dict[str, Any]]:
         """All per-sample failure records, in row order."""
@@ -535,3 +541,11 @@ def _lease_is_stale(holder: dict[str, Any]) -> bool:
     except (PermissionError, ValueError, KeyError):
         return False
     return False
+
+
+RECORD_KEYS = ("start", "stop", "records", "finished")
+
+
+def _complete_record(attrs: Any) -> bool:
+    """A finished-partition record holds every key finish_partition writes (older stores wrote them one by one)."""
+    return all(k in attrs for k in RECORD_KEYS)

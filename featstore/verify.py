@@ -111,7 +111,7 @@ def _scan_values(fa: FeatureArray, done: np.ndarray, ids: np.ndarray) -> np.ndar
 def _leftover_chunks(store: FeatureStore, key: KeyName, fa: FeatureArray, done: np.ndarray) -> list[int]:
     """Row chunks with a utt chunk file but no row done and no finished-partition record."""
     r = fa.rows_per_chunk
-    finished = [(s, int(rec.get("stop", s))) for s, rec in fa.partition_records().items()]
+    finished = [(s, int(rec["stop"])) for s, rec in fa.partition_records().items()]
     out = []
     for c in sorted(store.chunk_files(key)):
         s, e = c * r, min(c * r + r, fa.n)

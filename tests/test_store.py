@@ -347,3 +347,28 @@ def test_chunk_files_lists_written_row_chunks(tmp_path):
     fa = make_key(fs, layers=2)
     fa.write_rows(8, rand(8, 2, 4) + 3)
     assert fs.chunk_files(KeyName("ds", "enc")) == {1}
+
+
+def test_a_record_a_kill_left_half_written_is_not_a_finished_partition(tmp_path, monkeypatch):
+    """zarr writes attributes one key at a time; a finished-partition record is written in one metadata write,
+    and a record missing keys (an older half-written one) counts as unfinished."""
+    import zarr.storage
+
+    fs = make_store(tmp_path)
+    fa = make_key(fs)
+    writes: list[str] = []
+    orig = zarr.storage.LocalStore.set
+
+    async def spy(self, key, value, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        writes.append(key)
+        return await orig(self, key, value, *a, **k)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", spy)
+    fa.finish_partition(0, 8, [], drawn={"s000": {"snr": 5}})
+    assert [w for w in writes if w.endswith("p0000000000/zarr.json")] == [w for w in writes if "p0000000000" in w]
+    assert len([w for w in writes if "p0000000000" in w]) == 1
+    monkeypatch.undo()
+    half = fa.group["errors"].create_group("p0000000008")
+    half.attrs["start"] = 8                               # killed before 'stop', 'records', 'finished'
+    assert set(fa.partition_records()) == {0} and fa.unfinished_records() == ["p0000000008"]
+    assert (8, 16) in fa.pending_chunks()
