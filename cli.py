@@ -772,13 +772,7 @@ def trainer_grid_cmd(
                            rank_from=rank_from, rank_trials=rank_trials, client=client, max_models=max_models,
                            progress=_search_progress(prog, f"grid {dataset} {f}"),
                            model_options={"softmax": True} if softmax and f == "attention" else None)
-            rep.tasks += sub.tasks
-            rep.trained, rep.skipped, rep.rows_added = (rep.trained + sub.trained, rep.skipped + sub.skipped,
-                                                        rep.rows_added + sub.rows_added)
-            rep.seconds += sub.seconds
-            rep.notes += [n for n in sub.notes if n not in rep.notes]
-            if sub.best and sub.best.get("waf", -1) > rep.best.get("waf", -1):
-                rep.best = {**sub.best, "task": f"{f} {sub.best['task']}"}
+            rep.merge(sub, label=f if len(fusions) > 1 else "")
     if as_json:
         _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "rows_added": rep.rows_added,
                      "wall_s": rep.seconds, "best": rep.best, "notes": rep.notes,

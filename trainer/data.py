@@ -21,6 +21,14 @@ from featstore.errors import BadValuesError, StoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
 
 MODALITY_ARGS = {"audio": "audio", "text": "text", "video": "visual"}  # load_features argument -> catalog modality
+ARG_OF_MODALITY = {v: k for k, v in MODALITY_ARGS.items()}               # catalog modality -> argument name
+
+
+def encoder_modality(catalog: Catalog, encoder: str, arg: str) -> str:
+    """The catalog modality of `encoder` (an encoder the catalog does not know takes its argument's: `video` ->
+    visual)."""
+    spec = catalog.encoders.get(encoder)
+    return spec.modality if spec is not None else MODALITY_ARGS[arg]
 
 
 @dataclass
@@ -265,16 +273,16 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
             while name in features:
                 name, i = f"{enc}#{i}", i + 1
             lay = layers.get(enc) if isinstance(layers, dict) else layers
-            spec = cat.encoders.get(enc)
-            modality = spec.modality if spec is not None else MODALITY_ARGS[arg]
+            modality = encoder_modality(cat, enc, arg)
             cor, test_cor = key_corruption(cat, modality, corruption), key_corruption(cat, modality, test_corruption)
             same = test_cor == cor
-            x, avail, h, dim = _read(fs, KeyName(dataset, enc, cor), rows,
+            x, avail, h, dim = read_key_rows(fs, KeyName(dataset, enc, cor), rows,
                                      (train_role | test_role) if same else train_role, lay, ids_all)
             if same:
                 xt, avail_t, ht = x, avail, h
             else:
-                xt, avail_t, ht, dim_t = _read(fs, KeyName(dataset, enc, test_cor), rows, test_role, lay, ids_all)
+                xt, avail_t, ht, dim_t = read_key_rows(fs, KeyName(dataset, enc, test_cor), rows, test_role, lay,
+                                                       ids_all)
                 if dim_t != dim:
                     raise StoreError(f"{dataset}/{enc}: {cor} has dim {dim}, {test_cor} has {dim_t}")
                 # a row's train values serve where it is a training row, its test values where it is a test row
@@ -326,7 +334,7 @@ def _names(value: Sequence[str] | str | None) -> list[str]:
     return [v.strip() for v in value if v and v.strip()]
 
 
-def _read(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray,
+def read_key_rows(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray,
           layers: Sequence[int] | None, ids_all: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     """float32 [n, D] of `rows` (rows not `needed` or not done: zeros), availability [n], spec hash, D."""
     fa = fs.open_key(key)  # MissingKeyError naming the build command

@@ -20,14 +20,13 @@ from typing import Any
 from featstore.catalog import Catalog, load_catalog
 from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
-from trainer.data import MODALITY_ARGS, key_corruption, load_features
+from trainer.data import ARG_OF_MODALITY, encoder_modality, key_corruption, load_features
 from trainer.fit import normalise_configs, run_experiment
 from trainer.models import model_class
 from trainer.protocol import Protocol
-from trainer.record import output_rows, result_rows, trial_definition
+from trainer.record import recorded_rows, trial_definition
 from trainer.results import ResultsDB, config_hash
-from trainer.search import (CATALOG_MODALITY, MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking,
-                            trials)
+from trainer.search import MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking, trials
 
 Progress = Callable[[str, dict[str, Any]], None]
 Recorded = tuple[list[dict[str, Any]], list[dict[str, Any]]]      # (result rows, output rows) of one run
@@ -68,6 +67,17 @@ class SearchReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def merge(self, other: "SearchReport", label: str = "") -> None:
+        """Add another search's tasks, counts, time and notes; keep the better best trial."""
+        self.tasks += other.tasks
+        self.trained += other.trained
+        self.skipped += other.skipped
+        self.rows_added += other.rows_added
+        self.seconds += other.seconds
+        self.notes += [n for n in other.notes if n not in self.notes]
+        if other.best and other.best.get("waf", -math.inf) > self.best.get("waf", -math.inf):
+            self.best = {**other.best, "task": f"{label} {other.best['task']}".strip()}
+
 
 # ---------------------------------------------------------------------------------------------- planning
 def stored_encoders(store: FeatureStore, dataset: str, corruption: str = "clean",
@@ -89,7 +99,7 @@ def stored_encoders(store: FeatureStore, dataset: str, corruption: str = "clean"
 def _modality(store: FeatureStore, key: KeyName, cat: Catalog) -> str | None:
     spec = cat.encoders.get(key.encoder)
     mod = spec.modality if spec is not None else (store.open_key(key).attrs.get("spec") or {}).get("modality")
-    return {"visual": "video"}.get(mod, mod) if mod in ("audio", "text", "visual", "video") else None
+    return ARG_OF_MODALITY.get(mod)
 
 
 def feature_identity(store: FeatureStore, dataset: str, chosen: dict[str, list[str]], corruption: str,
@@ -103,8 +113,7 @@ def feature_identity(store: FeatureStore, dataset: str, chosen: dict[str, list[s
     hashes: dict[str, str] = {}
     for arg in MODALITY_ORDER:
         for enc in chosen.get(arg, []):
-            spec = cat.encoders.get(enc)
-            modality = spec.modality if spec is not None else MODALITY_ARGS[arg]
+            modality = encoder_modality(cat, enc, arg)
             train_cor = key_corruption(cat, modality, corruption)
             describe.setdefault(modality, []).append(f"{enc}/{train_cor}")
             for cor in (train_cor, key_corruption(cat, modality, test_corruption)):
@@ -205,8 +214,9 @@ def run_tasks(store: FeatureStore, db: ResultsDB, dataset: str, tasks: list[Task
             if cache is None or cache[0] != key:  # consecutive runs of one feature set share its tensors
                 cache = (key, load_features(store, dataset, **task.chosen, corruption=corruption,
                                             test_corruption=test_corruption))
-            rows = _train(cache[1], task, seeds, cis, protocol, progress=progress, **args)
-            done(task, seeds, rows)
+            result = run_experiment(cache[1], fusion, protocol.replace(seeds=seeds), [task.configs[i] for i in cis],
+                                    max_models=max_models, progress=progress)
+            done(task, seeds, recorded_rows(result, preset, test_corruption))
     else:
         from distributed import as_completed
 
@@ -228,14 +238,6 @@ def run_tasks(store: FeatureStore, db: ResultsDB, dataset: str, tasks: list[Task
     return rep
 
 
-def _train(features: Any, task: Task, seeds: tuple[int, ...], cis: list[int], protocol: Protocol, *,
-           fusion: str, preset: str, test_corruption: str | None, max_models: int | None,
-           progress: Progress | None = None, **_: Any) -> Recorded:
-    result = run_experiment(features, fusion, protocol.replace(seeds=seeds), [task.configs[i] for i in cis],
-                            max_models=max_models, progress=progress)
-    return result_rows(result, preset, test_corruption), output_rows(result, preset, test_corruption)
-
-
 def train_on_worker(chosen: dict[str, list[str]], configs: list[dict[str, Any]], protocol: Protocol, *,
                     store_path: str, dataset: str, fusion: str, corruption: str, test_corruption: str | None,
                     preset: str, max_models: int | None) -> Recorded:
@@ -244,7 +246,7 @@ def train_on_worker(chosen: dict[str, list[str]], configs: list[dict[str, Any]],
     features = load_features(FeatureStore(store_path, read_only=True), dataset, **chosen, corruption=corruption,
                              test_corruption=test_corruption)
     result = run_experiment(features, fusion, protocol, configs, max_models=max_models)
-    return result_rows(result, preset, test_corruption), output_rows(result, preset, test_corruption)
+    return recorded_rows(result, preset, test_corruption)
 
 
 # ---------------------------------------------------------------------------------------------- the two searches
@@ -312,18 +314,12 @@ def run_noise(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoc
     changes only the encoders of its modality (trainer.data.key_corruption)."""
     cfgs = configs if configs is not None else trials(n_trials, trial_seed)
     rep = SearchReport([])
-    t0 = time.perf_counter()
     for tr in train_corruptions:
         for te in test_corruptions:
             label = f"train {tr} / test {te}"
             test = te if te != tr else None          # as `trainer run` records a run without --test-corruption
             tasks = _plan(store, db, dataset, [(label, chosen, 0, "")], fusion, protocol, cfgs, tr, test, "default")
-            sub = run_tasks(store, db, dataset, tasks, fusion, protocol, tr, test, "default", client, max_models,
-                            progress)
-            rep.tasks += sub.tasks
-            rep.trained += sub.trained
-            rep.skipped += sub.skipped
-            rep.rows_added += sub.rows_added
-    rep.seconds = time.perf_counter() - t0
+            rep.merge(run_tasks(store, db, dataset, tasks, fusion, protocol, tr, test, "default", client,
+                                max_models, progress))
     return rep
 

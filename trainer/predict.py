@@ -19,7 +19,7 @@ import torch
 
 from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
-from trainer.data import FeatureSet, _read
+from trainer.data import FeatureSet, read_key_rows
 from trainer.experiment import ExperimentResult
 
 
@@ -39,7 +39,7 @@ def predict_split(result: ExperimentResult, features: FeatureSet, store: Feature
         inputs, avail = {}, {}
         for name, f in features.features.items():
             layers = None if f.layers == "all" else [int(v) for v in f.layers.split(",")]
-            x, ok, _, _ = _read(store, KeyName(features.dataset, f.encoder, f.test_corruption), r,
+            x, ok, _, _ = read_key_rows(store, KeyName(features.dataset, f.encoder, f.test_corruption), r,
                                 np.ones(len(r), bool), layers, ids_all)
             inputs[name], avail[name] = x, ok
         masks = {b: torch.stack([avail[p] for p in parts]).all(0) for b, parts in branches.items()}

@@ -40,9 +40,14 @@ def trial_definition(dataset: str, features: dict[str, list[str]], feature_hashe
     return out
 
 
+def trial_hashes(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[str]:
+    """The config hash of each of `result`'s configs."""
+    return [config_hash(trial_config(result, ci, preset, test_corruption)) for ci in range(len(result.configs))]
+
+
 def result_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
     """Tidy database rows of every (config, fold, seed, split) of `result`."""
-    hashes = {ci: config_hash(trial_config(result, ci, preset, test_corruption)) for ci in range(len(result.configs))}
+    hashes = trial_hashes(result, preset, test_corruption)
     out = []
     for r in result.rows:
         hyper = result.configs[r["config"]]
@@ -64,7 +69,7 @@ def output_rows(result: ExperimentResult, preset: str = "default", test_corrupti
     mean attention weight per branch (fusions that have them); 'cv' uses the out-of-fold predictions."""
     from sklearn.metrics import confusion_matrix
 
-    hashes = {ci: config_hash(trial_config(result, ci, preset, test_corruption)) for ci in range(len(result.configs))}
+    hashes = trial_hashes(result, preset, test_corruption)
     C = len(result.classes)
     out = []
 
@@ -90,6 +95,13 @@ def output_rows(result: ExperimentResult, preset: str = "default", test_corrupti
     return out
 
 
+def recorded_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(result rows, output rows) of `result`: what ResultsDB.add takes (plain dicts, so a Dask worker can ship
+    them to the one writer)."""
+    return result_rows(result, preset, test_corruption), output_rows(result, preset, test_corruption)
+
+
 def record(db: ResultsDB, result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> int:
     """Write `result` to the database (rows already there are kept, never duplicated); returns rows added."""
-    return db.add(result_rows(result, preset, test_corruption), output_rows(result, preset, test_corruption))
+    return db.add(*recorded_rows(result, preset, test_corruption))

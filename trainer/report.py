@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import FeatstoreError, UnknownNameError
+from trainer.data import ARG_OF_MODALITY
 from trainer.results import ResultsDB
 from trainer.search import combo_letters
 
@@ -47,7 +48,7 @@ class Trial:
     @property
     def combo(self) -> str:
         """Modality letters, A V T order."""
-        return combo_letters([{"visual": "video"}.get(m, m) for m in self.features])
+        return combo_letters([ARG_OF_MODALITY.get(m, m) for m in self.features])
 
     @property
     def topn(self) -> int:
@@ -58,7 +59,8 @@ class Trial:
     def feature(self) -> str:
         """The single feature of a unimodal trial ('encoder/corruption', '-> test corruption' when it differs)."""
         key = next(k for v in self.features.values() for k in v)
-        return key + (f" -> {self.test_corruption}" if self.test_corruption not in (None, key.split("/")[-1]) else "")
+        test = self.test_corruption_name
+        return key + (f" -> {test}" if test != self.train_corruption else "")
 
     @property
     def train_corruption(self) -> str:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import FeatstoreError
+from trainer.data import ARG_OF_MODALITY
 from trainer.results import ResultsDB
 
 SPACE: dict[str, tuple[Any, ...]] = {"hidden": (64, 128, 256), "lr": (1e-3, 1e-4), "dropout": (0.2, 0.3, 0.4, 0.5)}
 LETTERS = {"A": "audio", "T": "text", "V": "video"}       # modality letters of --modalities (video = visual)
 MODALITY_ORDER = ("audio", "text", "video")
-CATALOG_MODALITY = {"audio": "audio", "text": "text", "video": "visual"}
 RANK_FUSION = "mlp"
 RANK_BY = ("cv", "test")
 
@@ -139,7 +139,7 @@ def ranking(db: ResultsDB, dataset: str, *, corruption: str = "clean", rank_by: 
     out: dict[str, list[Ranked]] = {}
     for enc, (_, t, n) in best.items():
         tests = [_mean(v.values()) for v in t["test"].values()]
-        mod = {"visual": "video"}.get(t["modality"], t["modality"])
+        mod = ARG_OF_MODALITY.get(t["modality"], t["modality"])
         out.setdefault(mod, []).append(Ranked(enc, mod, _mean(t["cv"].values()), _mean(tests) if tests else math.nan,
                                               n, len(t["cv"]), t["hyper"]))
     for mod, lst in out.items():

@@ -92,17 +92,16 @@ def run_semi(features: FeatureSet, fusion: str, protocol: Protocol, config: dict
     if features.emotion is None or not features.classes:
         raise FeatstoreError(f"dataset {features.dataset}: pseudo-labelling needs discrete emotion labels")
     labelled_pool = int((features.emotion.numpy()[features.subsets[pool]] >= 0).sum())
-    report = SemiReport(supervised=None, pool=pool)  # type: ignore[arg-type]
-    if labelled_pool:
-        report.notes.append(f"{labelled_pool} '{pool}' row(s) carry labels; they are treated as unlabelled")
     tests = protocol.test_splits
     first = run_experiment(features, fusion, protocol.replace(test_splits=None if tests is None else
                                                               tuple(dict.fromkeys((*tests, pool)))),
                            config, max_models=max_models)
     if pool not in first.test_ids:
         raise FeatstoreError(f"subset '{pool}' overlaps the training rows; it cannot be the unlabelled pool")
-    report.supervised = first
-    current, fs = first, features
+    report = SemiReport(supervised=first, pool=pool)
+    if labelled_pool:
+        report.notes.append(f"{labelled_pool} '{pool}' row(s) carry labels; they are treated as unlabelled")
+    current = first
     keep_tests = tuple(s for s in first.test_ids if s != pool)
     for k in range(1, rounds + 1):
         thr = class_thresholds(current, eta)
