@@ -3,7 +3,7 @@
 The loop (MERTools main-release.py `train_or_eval_model`, without its per-epoch test passes):
   per epoch, per model: its own permutation of its training rows (its own generator), minibatches of
   `batch_size` (the last one smaller), loss = CE (mean over the minibatch) + valence MSE (mean) where the
-  dataset has valence, Adam with L2 weight decay; then one forward pass over its selection rows, the
+  dataset has valence (+ the model's own `aux_loss` [K] when its output has one), Adam with L2 weight decay; then one forward pass over its selection rows, the
   selection score, and a copy of its weights when the score beats its best (ties keep the earlier epoch,
   as np.argmax does). At the end each model's best weights score its held-out rows (strict mode) and
   every test split, once. K models sit in one module (parameters [K, ...], batched matmuls); a model's
@@ -300,6 +300,7 @@ class _GroupTrainer:
             active = (steps_t > s)
             all_active = bool(active.all())
             self.model.active = None if all_active else active.tolist()
+            self.model.row_weight = w[:, s]
             flat = idx[:, s].reshape(-1)
             inputs = self._gather(flat, B, test=False, tag="train")
             with self.autocast:
@@ -313,10 +314,15 @@ class _GroupTrainer:
                 diff = out["valence"].float() - y_val.index_select(0, flat).view(K, B)
                 lv = (diff * diff * wv[:, s]).sum() * vw
                 loss = lv if loss is None else loss + lv
+            if "aux_loss" in out:  # the model's own training terms (MISA, MMIM, MCTN, MFM), [K]
+                aux = out["aux_loss"].float()
+                aux = (aux if all_active else aux * active.to(aux.device, aux.dtype)).sum()
+                loss = aux if loss is None else loss + aux
             self.opt.zero_grad()
             loss.backward()
             self.opt.step(None if all_active else active.tolist())
         self.model.active = None
+        self.model.row_weight = None
 
     # -------------------------------------------------------------- forward passes without gradients
     @torch.no_grad()

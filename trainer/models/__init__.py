@@ -2,7 +2,9 @@
 
 One interface: `model(inputs, masks=None) -> {'emotion': [K, n, C] logits, 'valence': [K, n], ...}` where
 `inputs` maps feature names to [K, n, D] (each model its own rows) or [n, D] (the same rows for every model)
-and `masks` maps branch names to row availability. Adding a model is one file in this package:
+and `masks` maps branch names to row availability. A model with training terms of its own (MISA's subspace
+losses, MMIM's MI bounds, ...) returns them as `aux_loss` [K] (one scalar per model, computed with
+`self.row_weight` during training); the trainer adds them to the task loss. Adding a model is one file here:
 
     @register("mymodel")
     class MyModel(BatchedModel):

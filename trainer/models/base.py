@@ -93,6 +93,9 @@ class BatchedModel(nn.Module):
         self.K = spec.n_models
         self.device = torch.device(spec.device)
         self.active: list[bool] | None = None   # set by the trainer: models that take this step (None: all)
+        # set by the trainer during a training step: [K, n] weights of the minibatch rows (each active model's
+        # sum to 1; padding rows and idle models 0), for auxiliary losses over batch statistics (MISA, MMIM)
+        self.row_weight: torch.Tensor | None = None
         self._p = [float(p) for p in spec.dropout]
         for p in self._p:
             if not 0.0 <= p < 1.0:
