@@ -117,7 +117,7 @@ def ls_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     for key in fs.keys():
         fa = fs.open_key(key)
         rows.append({"key": str(key), "shape": list(fa.shape), "dtype": str(fa.utt.dtype),
-                     "rows_done": int(fa.done_mask().sum()), "errors": len(fa.errors())})
+                     "rows_done": int(fa.done_mask().sum()), "errors": len(fa.errors()), "seq_cap": fa.seq_cap})
     datasets = [{"dataset": d, "samples": len(fs.ids(d)), "subsets": {k: int(v.sum()) for k, v in fs.subsets(d).items()},
                  "labels": sorted(fs.labels(d))} for d in fs.datasets() if fs.has_dataset(d)]
     if as_json:
@@ -131,12 +131,12 @@ def ls_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
                   ", ".join(d["labels"]))
     console.print(t)
     t = Table(title="features", title_justify="left")
-    for col in ("dataset/encoder/corruption", "N×L×D", "dtype", "done", "errors"):
+    for col in ("dataset/encoder/corruption", "N×L×D", "frames", "dtype", "done", "errors"):
         t.add_column(col, no_wrap=True)
     for r in rows:
         n = r["shape"][0]
         done = f"{r['rows_done']}/{n}"
-        t.add_row(r["key"], "×".join(map(str, r["shape"])), r["dtype"],
+        t.add_row(r["key"], "×".join(map(str, r["shape"])), f"cap {r['seq_cap']}" if r["seq_cap"] else "-", r["dtype"],
                   done if r["rows_done"] == n else f"[yellow]{done}[/]",
                   f"[red]{r['errors']}[/]" if r["errors"] else "0")
     console.print(t)
@@ -165,6 +165,9 @@ def info_cmd(
     rows = [
         ("shape", f"{'×'.join(map(str, info['shape']))} {info['dtype']}, chunks of {info['rows_per_chunk']} rows"),
         ("rows done", f"{info['rows_done']}/{n}" + (f", {len(info['errors'])} failed" if info["errors"] else "")),
+        ("frames", f"seq {'×'.join(map(str, info['seq_shape']))} (cap {info['seq_cap']} steps, integer average "
+                   f"pooling); steps per done row: mean {info['seq_len_mean']:.1f}, max {info['seq_len_max']}"
+         if "seq_shape" in info else "none (utterance features only; featstore build ... --level frame keeps them)"),
         ("spec hash", str(attrs.get("spec_hash"))),
         ("encoder", f"{attrs.get('encoder', '')} {enc.get('family', '')} {prov.get('model') or prov.get('model_path') or enc.get('model') or ''}".strip()),
         ("weights", str(prov.get("weights") or spec.get("weights") or "")),
@@ -351,12 +354,15 @@ def build_cmd(
     threads_per_worker: Annotated[int, typer.Option(help="Threads per local worker process (--workers): each runs one partition at a time, its threads serve torch.")] = 1,
     torch_threads: Annotated[Optional[int], typer.Option(help="torch/OpenMP threads per worker (default: the worker's threads).")] = None,
     connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for the --scheduler to answer.")] = 10.0,
+    level: Annotated[Optional[str], typer.Option("--level", help="utt: utterance vectors only; frame: also frame/token-level sequences (seq) in the same key. Default: an existing key's level, else the catalog entry's (frame when it sets seq_cap).")] = None,
+    seq_cap: Annotated[Optional[int], typer.Option("--seq-cap", help="Frame level: steps kept per sample; longer sequences are average-pooled by an integer factor, never truncated (default: the entry's seq_cap, else 64). Implies --level frame.")] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Extract one encoder's features for a dataset (clean or under a corruption) into the store.
 
     In-process by default; `--workers N` starts a local Dask cluster and `--scheduler ADDR` uses an existing one
-    (the same partitions run on the workers; a rerun after any crash finishes the job).
+    (the same partitions run on the workers; a rerun after any crash finishes the job). `--level frame` also keeps
+    frame/token-level features for sequence models; it is another spec, so an utterance-only key needs --overwrite.
     """
     from contextlib import ExitStack
 
@@ -364,6 +370,7 @@ def build_cmd(
 
     cat = _catalog()
     cat.dataset(dataset), cat.encoder(encoder), cat.corruption(corruption)  # unknown names fail before any work
+    cat.encoder(encoder).at_level(level, seq_cap)                           # and so do --level/--seq-cap
     if workers is not None and scheduler is not None:
         raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
     if partition_chunks < 1:
@@ -407,9 +414,10 @@ def build_cmd(
 
         report = build(fs, dataset, encoder, corruption, root=root, model=model, device=device,
                        trust_remote_code=trust_remote_code, noise_bank=noise_bank, options=opts, catalog=cat,
-                       progress=on_progress, client=client, torch_threads=torch_threads)
+                       progress=on_progress, client=client, torch_threads=torch_threads, level=level, seq_cap=seq_cap)
     on = f" on {report.workers} worker(s)" if client is not None else ""
-    console.print(f"{report.key}: wrote {report.written} row(s) in {report.seconds:.1f} s{on} "
+    frames = f" with frames (cap {report.seq_cap})" if report.seq_cap else ""
+    console.print(f"{report.key}: wrote {report.written} row(s){frames} in {report.seconds:.1f} s{on} "
                   f"({report.already_done} already done, {report.partitions} partition(s)); "
                   f"{len(report.failed)} failed sample(s) in total")
     for rec in report.failed[:20]:
@@ -473,6 +481,36 @@ def trainer_datasets_cmd(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = Fal
             console.print(f"  {mod}: {', '.join(keys)}")
 
 
+@command(trainer_app, "fusions")
+def trainer_fusions_cmd(as_json: JsonOpt = False) -> None:
+    """List the fusion models (the registry): input level, alignment, own options and search space."""
+    import inspect
+
+    from trainer.models import available_models, model_class
+
+    out = {}
+    for name in available_models():
+        cls = model_class(name)
+        level = getattr(cls, "level", "utt")
+        init = getattr(cls, "make_net", None) if level == "seq" else cls.__init__
+        params = inspect.signature(init).parameters if init else {}
+        options = {p.name: p.default for p in params.values()
+                   if p.name not in ("self", "spec", "dims", "dropout") and p.default is not inspect.Parameter.empty}
+        out[name] = {"level": level, "aligned": getattr(cls, "aligned", None) if level == "seq" else None,
+                     "options": options, "space": getattr(cls, "space", None),
+                     "doc": (inspect.getmodule(cls).__doc__ or "").strip().splitlines()[0]}
+    if as_json:
+        _print_json(out)
+        return
+    t = Table(title="fusion models (trainer --fusion NAME; grid --fusion all runs every one but mlp)", title_justify="left")
+    for col in ("name", "level", "options", "what"):
+        t.add_column(col)
+    for name, d in out.items():
+        level = d["level"] + (" (aligned)" if d["aligned"] else "")
+        t.add_row(name, level, ", ".join(f"{k}={v}" for k, v in d["options"].items()), d["doc"])
+    console.print(t)
+
+
 def _split_names(value: Optional[str]) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -501,7 +539,10 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "video": (Annotated[Optional[str], typer.Option(help="Visual encoder(s), comma-separated.")], None),
     "corruption": (CorruptionOpt, "clean"),
     "test_corruption": (TestCorruptionOpt, None),
-    "fusion": (Annotated[str, typer.Option(help="Fusion model (attention, mlp, tfn, lmf, lf_dnn; grid: all).")], "attention"),
+    "fusion": (Annotated[str, typer.Option(help="Fusion model: a name `trainer fusions` lists (grid: all).",
+                                           autocompletion=lambda incomplete: _fusion_names(incomplete))], "attention"),
+    "steps": (Annotated[Optional[int], typer.Option("--steps", help="Sequence models: cap on each feature's time steps (longer sequences are average-pooled by an integer factor).")], None),
+    "aligned": (Annotated[Optional[bool], typer.Option("--aligned/--unaligned", help="Sequence models: resample every modality of a sample to one time axis (its text length), or keep each its own (default: what the model needs; unaligned for mult).")], None),
     "protocol": (ProtocolOpt, "mertools"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
@@ -521,6 +562,12 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "store": (StoreOpt, DEFAULT_STORE),
     "as_json": (JsonOpt, False),
 }
+
+
+def _fusion_names(incomplete: str = "") -> list[str]:
+    from trainer.models import available_models
+
+    return [m for m in available_models() if m.startswith(incomplete)]
 
 
 def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -587,6 +634,7 @@ def trainer_run_cmd(
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
     weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
     max_models: Optional[int], test_splits: Optional[str], results: Optional[Path], store: str, as_json: bool,
+    steps: Optional[int], aligned: Optional[bool],
 ) -> None:
     """Run one experiment (all folds and seeds) and record it in the results database."""
     import csv
@@ -594,16 +642,17 @@ def trainer_run_cmd(
 
     from trainer.data import load_features
     from trainer.fit import run_experiment
+    from trainer.models import input_options
     from trainer.record import record
 
     t0 = time.perf_counter()
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
-                      bf16=bf16, test_splits=test_splits)
+                      bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned)
     fs = _open(store, read_only=True)
     features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
                              video=_split_names(video), corruption=corruption, test_corruption=test_corruption,
-                             concat=concat)
+                             concat=concat, **input_options(fusion, proto))
     with _progress() as prog:
         task = prog.add_task(f"{dataset} {fusion}", total=epochs, rate="", errors="")
         options = _model_options(model_option) | ({"softmax": True} if softmax else {})
@@ -743,7 +792,7 @@ def trainer_grid_cmd(
     fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
     weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, max_models: Optional[int],
     test_splits: Optional[str], workers: Optional[int], scheduler: Optional[str], results: Optional[Path],
-    store: str, as_json: bool,
+    store: str, as_json: bool, steps: Optional[int], aligned: Optional[bool],
 ) -> None:
     """Search Top-N feature sets x modality combinations x hidden {64,128,256} x lr {1e-3,1e-4} x dropout
     {.2,.3,.4,.5} (or the fusion's own space); `--fusion all` runs every registered fusion; resumable (trials in
@@ -755,11 +804,12 @@ def trainer_grid_cmd(
     if workers is not None and scheduler is not None:
         raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits)
+                      seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned)
     fs = _open(store, read_only=True)
     db = _results_db(results, fs.path)
+    from featstore.errors import MissingFramesError
     from trainer.grid import SearchReport
-    from trainer.models import available_models, model_class
+    from trainer.models import available_models, model_class, model_level
 
     fusions = [f for f in available_models() if f != "mlp"] if fusion == "all" else [fusion]
     for f in fusions:
@@ -767,11 +817,17 @@ def trainer_grid_cmd(
     rep = SearchReport([])
     with _cluster(workers, scheduler) as client, _progress() as prog:
         for f in fusions:
-            sub = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=f, n_trials=trials,
-                           corruption=corruption, test_corruption=test_corruption, rank_by=rank_by,
-                           rank_from=rank_from, rank_trials=rank_trials, client=client, max_models=max_models,
-                           progress=_search_progress(prog, f"grid {dataset} {f}"),
-                           model_options={"softmax": True} if softmax and f == "attention" else None)
+            try:
+                sub = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=f, n_trials=trials,
+                               corruption=corruption, test_corruption=test_corruption, rank_by=rank_by,
+                               rank_from=rank_from, rank_trials=rank_trials, client=client, max_models=max_models,
+                               progress=_search_progress(prog, f"grid {dataset} {f}"),
+                               model_options={"softmax": True} if softmax and f == "attention" else None)
+            except MissingFramesError as exc:
+                if fusion != "all" or model_level(f) != "seq":
+                    raise
+                rep.notes.append(f"sequence model {f} skipped: {exc}")   # `all` runs what the store can feed
+                continue
             rep.merge(sub, label=f if len(fusions) > 1 else "")
     if as_json:
         _print_json({"dataset": dataset, "trained": rep.trained, "skipped": rep.skipped, "rows_added": rep.rows_added,

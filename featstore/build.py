@@ -25,9 +25,9 @@ from featstore.catalog import Catalog, EncoderSpec, load_catalog, spec_hash
 from featstore.corrupt import Corruptor, make_corruptor, protect
 from featstore.datasets import load_index
 from featstore.datasets.base import DatasetIndex, counts_line
-from featstore.encoders import load_encoder
+from featstore.encoders import check_frames, load_encoder
 from featstore.encoders.base import Encoder
-from featstore.errors import FeatstoreError, LeaseError, SampleError
+from featstore.errors import FeatstoreError, LeaseError, SampleError, SpecMismatchError
 from featstore.prefetch import prefetch_map
 from featstore.store import FeatureArray, FeatureStore, KeyName
 
@@ -81,6 +81,7 @@ class BuildReport:
     seconds: float
     failed_partitions: list[dict[str, Any]] = field(default_factory=list)
     workers: int = 0
+    seq_cap: int = 0                 # frame-level key: steps kept per sample (0: utterance features only)
 
     @property
     def ok(self) -> bool:
@@ -266,25 +267,55 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_units: float | Non
     return batches
 
 
-def _encode_or_bisect(encoder: Encoder, items: list[Any], ids: list[str]) -> tuple[list[np.ndarray | None], list[dict[str, Any]]]:
+Encoded = tuple[np.ndarray, np.ndarray | None]   # (utterance row [L, D], frames [T, D] or None)
+
+
+def _encode_batch(encoder: Encoder, items: list[Any], frames: bool) -> list[Encoded]:
+    """One forward pass over a batch: per item its utterance row, and its frames when `frames` (encode_frames)."""
+    if not frames:
+        out = encoder.encode(items)
+        return [(out[i], None) for i in range(len(items))]
+    utt, seqs = encoder.encode_frames(items)  # type: ignore[attr-defined]
+    if len(seqs) != len(items):
+        raise FeatstoreError(f"encoder {encoder.spec.name}: encode_frames gave {len(seqs)} sequences for "
+                             f"{len(items)} inputs")
+    return [(utt[i], np.asarray(seqs[i], dtype=np.float32)) for i in range(len(items))]
+
+
+def _encode_or_bisect(encoder: Encoder, items: list[Any], ids: list[str],
+                      frames: bool = False) -> tuple[list[Encoded | None], list[dict[str, Any]]]:
     """Encode a batch; on failure, encode one at a time so only the culprit is recorded."""
     try:
-        out = encoder.encode(items)
-        return [out[i] for i in range(len(items))], []
+        return list(_encode_batch(encoder, items, frames)), []
     except SampleError:
         raise
     except Exception:
         if len(items) == 1:
             raise
-    rows: list[np.ndarray | None] = []
+    rows: list[Encoded | None] = []
     records: list[dict[str, Any]] = []
     for item, sid in zip(items, ids):
         try:
-            rows.append(encoder.encode([item])[0])
+            rows.append(_encode_batch(encoder, [item], frames)[0])
         except Exception as exc:  # one sample's failure never stops the partition
             rows.append(None)
             records.append({"id": sid, "stage": "encode", "message": _one_line(exc)})
     return rows, records
+
+
+def _frames_problem(seq: np.ndarray | None, dim: int, f16: bool) -> str | None:
+    """Why a sample's (already pooled) frames cannot be stored, or None."""
+    if seq is None or seq.ndim != 2 or len(seq) == 0:
+        shape = None if seq is None else tuple(seq.shape)
+        return (f"no frame-level features: the encoder kept 0 real frames/tokens (shape {shape}; padding and added "
+                f"special tokens are dropped)")
+    if seq.shape[1] != dim:
+        return f"frame-level features of dim {seq.shape[1]}, the key stores {dim}"
+    if not np.isfinite(seq).all():
+        return "frame-level features have NaN/Inf"
+    if f16 and np.abs(seq).max(initial=0) > np.finfo(np.float16).max:
+        return "frame-level values beyond float16 range"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -295,12 +326,15 @@ def _one_line(exc: BaseException) -> str:
 @dataclass
 class EncodedRows:
     """Output of `encode_rows`: float32 values [n, L, D] and a valid mask in the order of the rows given,
-    the failure records (id, stage, message) and the corruption parameters drawn per sample id."""
+    the failure records (id, stage, message) and the corruption parameters drawn per sample id; for
+    frame-level encoders (spec.seq_cap) also `seq`: per row its frames pooled to the cap, float32 [T_i, D]
+    (None for rows that are not valid)."""
 
     values: np.ndarray
     valid: np.ndarray
     records: list[dict[str, Any]]
     drawn: dict[str, dict[str, Any]]
+    seq: list[np.ndarray | None] | None = None
 
 
 def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], options: BuildOptions,
@@ -311,12 +345,19 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
     Batches depend only on the rows given (a partition), never on workers or timing. Samples named in
     `skip` (id -> message; samples that crashed a worker process) are not touched and are recorded
     with stage 'crash'. `store_dtype` is the stored dtype (float16 rows beyond its range are failures).
+    When the encoder's spec asks for frames (seq_cap), each batch runs `encode_frames` instead of `encode`
+    and every sample's frames are pooled to the cap at once (featstore.sequence.pool_to_cap); a sample
+    with no frames (or bad ones) is recorded with stage 'frames' and its row stays not done.
     """
+    from featstore.sequence import pool_to_cap
+
     spec = encoder.spec
     rows = list(rows)
     pos = {r: i for i, r in enumerate(rows)}
     values = np.zeros((len(rows), spec.n_stored_layers, spec.dim), dtype=np.float32)
     valid = np.zeros(len(rows), bool)
+    cap = int(spec.seq_cap or 0)
+    seq: list[np.ndarray | None] | None = [None] * len(rows) if cap else None
     records: list[dict[str, Any]] = []
     decoded: dict[int, Any] = {}
     drawn: dict[str, dict[str, Any]] = {}
@@ -347,18 +388,27 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
     f16 = np.dtype(store_dtype) == np.float16
     for batch in make_batches([input_length(decoded[r]) for r in ready], options.batch_size, max_units):
         batch_rows = [ready[i] for i in batch]
-        outs, errs = _encode_or_bisect(encoder, [decoded[r] for r in batch_rows], [index.ids[r] for r in batch_rows])
+        outs, errs = _encode_or_bisect(encoder, [decoded[r] for r in batch_rows], [index.ids[r] for r in batch_rows],
+                                       frames=bool(cap))
         records.extend(errs)
         good = 0
-        for r, out in zip(batch_rows, outs):
-            if out is None:
+        for r, encoded in zip(batch_rows, outs):
+            if encoded is None:
                 continue
+            out, frames = encoded
             if not np.isfinite(out).all():
                 records.append({"id": index.ids[r], "stage": "encode", "message": "encoder output has NaN/Inf"})
                 continue
             if f16 and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
                 records.append({"id": index.ids[r], "stage": "encode", "message": "values beyond float16 range"})
                 continue
+            if seq is not None:
+                pooled = pool_to_cap(frames, cap) if frames is not None and frames.ndim == 2 and len(frames) else frames
+                problem = _frames_problem(pooled, spec.dim, f16)
+                if problem:
+                    records.append({"id": index.ids[r], "stage": "frames", "message": problem})
+                    continue
+                seq[pos[r]] = pooled
             values[pos[r]] = out
             valid[pos[r]] = True
             good += 1
@@ -367,7 +417,7 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
         for r in batch_rows:
             decoded.pop(r, None)
     records.sort(key=lambda rec: rec["id"])
-    return EncodedRows(values, valid, records, drawn)
+    return EncodedRows(values, valid, records, drawn, seq)
 
 
 def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start: int, stop: int,
@@ -380,8 +430,13 @@ def run_partition(fa: FeatureArray, encoder: Encoder, index: DatasetIndex, start
     batches depend on the partition alone). `skip`: see `encode_rows`.
     """
     t0 = time.perf_counter()
+    cap = int(encoder.spec.seq_cap or 0)
+    if cap != fa.seq_cap:
+        have = f"frames under cap {fa.seq_cap}" if fa.has_seq else "no frames"
+        want = f"frames under cap {cap}" if cap else "no frames"
+        raise FeatstoreError(f"{fa.key} keeps {have}, but encoder {encoder.spec.name} was loaded for {want}")
     out = encode_rows(encoder, index, range(start, stop), options, on_sample, corruptor, skip, fa.utt.dtype)
-    fa.write_rows(start, out.values, out.valid)
+    fa.write_rows(start, out.values, out.valid, seq=out.seq)
     fa.finish_partition(start, stop, out.records, drawn=out.drawn or None)
     return PartitionResult(start, stop, int(out.valid.sum()), out.records, time.perf_counter() - t0)
 
@@ -399,6 +454,37 @@ def plan_partitions(fa: FeatureArray, options: BuildOptions) -> list[tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------- build
+def stored_seq_cap(store: FeatureStore, key: KeyName) -> int | None:
+    """The frame cap (T of `seq`) of an existing key (0: utterance features only), or None when there is no
+    usable key (none, or one whose creation was interrupted)."""
+    if not store.has_key(key):
+        return None
+    try:
+        return store.open_key(key).seq_cap
+    except KeyError:
+        return None
+
+
+def level_spec(spec: EncoderSpec, level: str | None, seq_cap: int | None, stored_cap: int | None) -> EncoderSpec:
+    """The encoder spec a build uses: `level`/`seq_cap` as asked (EncoderSpec.at_level); with neither, an existing
+    key keeps the level and cap it was built with (stored_cap: 0 = utterance only), a new key gets the entry's."""
+    if level is None and seq_cap is None and stored_cap is not None:
+        return spec.at_level("frame", stored_cap) if stored_cap else spec.at_level("utt")
+    return spec.at_level(level, seq_cap)
+
+
+def _refuse_other_level(key: KeyName, spec: EncoderSpec, stored_cap: int | None) -> None:
+    """A frame-level build of an utterance-only key (or the reverse, or another cap) is another spec: refused,
+    naming --overwrite, as any spec mismatch is (checked before the model loads)."""
+    want = int(spec.seq_cap or 0)
+    if stored_cap is None or stored_cap == want:
+        return
+    have = f"frame-level features under cap {stored_cap}" if stored_cap else "utterance features only"
+    asked = f"frame-level features under cap {want} (--level frame)" if want else "utterance features only (--level utt)"
+    raise SpecMismatchError(f"{key} keeps {have}; this build asks for {asked}, another spec -- refusing to mix them; "
+                            f"use --overwrite to rebuild the key (its utterance features are rebuilt too)")
+
+
 def _drop_unfinished_records(fa: FeatureArray) -> None:
     """Delete finished-partition record groups a kill -9 left incomplete (FeatureArray.unfinished_records).
     Their partitions are then planned again like any unrecorded partition. Called with the key's lease held,
@@ -425,8 +511,14 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
           trust_remote_code: bool = False, noise_bank: str | Path | None = None,
           options: BuildOptions | None = None, catalog: Catalog | None = None,
           progress: Callable[[str, Any], None] | None = None, client: Client | None = None,
-          torch_threads: int | None = None) -> BuildReport:
+          torch_threads: int | None = None, level: str | None = None, seq_cap: int | None = None) -> BuildReport:
     """Fill (dataset, encoder, corruption) in the store; a rerun does only what is missing.
+
+    `level` 'frame' (or a `seq_cap`) also keeps frame/token-level features in the key (`seq` [N, T, D] and
+    `seq_len` [N], T = seq_cap, else the entry's seq_cap, else 64); 'utt' keeps utterance features only; None
+    keeps an existing key's level, else the entry's (see `level_spec`). Level and cap are part of the spec
+    hash, so asking an existing key for another level is refused unless options.overwrite. A family or entry
+    that has no frames fails at once, naming the encoder.
 
     In-process by default; with `client` (a dask.distributed Client, see featstore.distributed.connect)
     the same partitions run on the cluster's workers, which must all see the store's path. Then the
@@ -444,7 +536,11 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
     options = options or BuildOptions()
     catalog = catalog or load_catalog()
     ds_spec = catalog.dataset(dataset)
-    enc_spec = catalog.encoder(encoder_name)
+    key = KeyName(dataset, encoder_name, corruption)
+    stored_cap = None if options.overwrite else stored_seq_cap(store, key)
+    enc_spec = level_spec(catalog.encoder(encoder_name), level, seq_cap, stored_cap)
+    check_frames(enc_spec)                          # a family without frames fails before any work
+    _refuse_other_level(key, enc_spec, stored_cap)
     cor_spec = catalog.corruption(corruption)
     corruptor = None
     if cor_spec.kind != "none":
@@ -476,7 +572,6 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
         if kept and progress:
             progress("warning", f"{kept} clip(s) of {', '.join(ds_spec.precorrupted)} already carry the release's "
                                 f"corruption; they are encoded as they are")
-    key = KeyName(dataset, encoder_name, corruption)
     cluster = None
     if client is not None:
         from featstore.distributed import ClusterBuild
@@ -500,7 +595,7 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
             _drop_half_created_key(store, key)
             fa = store.create_key(key, layers=enc_spec.n_stored_layers, dim=enc_spec.dim, dtype=enc_spec.dtype,
                                   spec=spec, spec_hash=spec_hash(spec), rows_per_chunk=options.rows_per_chunk,
-                                  overwrite=options.overwrite)
+                                  overwrite=options.overwrite, seq_cap=enc_spec.seq_cap)
         _drop_unfinished_records(fa)
         already = int(fa.done_mask().sum())
         parts = plan_partitions(fa, options)
@@ -522,4 +617,4 @@ def build(store: FeatureStore, dataset: str, encoder_name: str, corruption: str 
             "rows_done": int(fa.done_mask().sum()), "n_errors": len(failed),
         })
     return BuildReport(str(key), fa.n, written, already, failed, len(parts), time.perf_counter() - t0,
-                       failed_parts, cluster.n_workers if cluster else 0)
+                       failed_parts, cluster.n_workers if cluster else 0, fa.seq_cap)

@@ -6,13 +6,13 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from featstore.errors import CatalogError, UnknownNameError
+from featstore.errors import CatalogError, FeatstoreError, UnknownNameError
 
 MODALITIES = ("audio", "text", "visual")
 FAMILIES = (
@@ -29,6 +29,8 @@ AVAILABILITY = ("hub", "offline", "local-only", "import-only")
 LAYER_REDUCE = ("sum", "mean", "stack")
 POOLING = ("mean", "cls", "functionals", "image-features", "none")
 RECIPES = ("mertools", "default")
+LEVELS = ("utt", "frame")          # utterance vectors only, or utterance vectors + frame/token sequences
+DEFAULT_SEQ_CAP = 64               # steps kept per sample when a frame-level build names no cap
 DTYPES = ("float16", "float32")
 CORRUPTION_KINDS = ("none", "audio-noise", "blur", "punctuation", "variant")
 
@@ -56,6 +58,28 @@ class EncoderSpec:
     params: dict[str, Any] = field(default_factory=dict)  # family-specific knobs (feature_set, ...)
     mertools_names: tuple[str, ...] = ()
     note: str = ""
+    seq_cap: int | None = None        # also keep frame/token-level features, pooled to at most this many steps
+
+    @property
+    def level(self) -> str:
+        """'frame' when the encoder also keeps frame/token-level features (`seq`), else 'utt'."""
+        return "frame" if self.seq_cap else "utt"
+
+    def at_level(self, level: str | None = None, seq_cap: int | None = None) -> "EncoderSpec":
+        """This spec at a feature level: 'utt' (no frames), 'frame' (frames under `seq_cap`, else the entry's
+        cap, else DEFAULT_SEQ_CAP), or None (the entry's own level; a `seq_cap` alone means 'frame')."""
+        if level is not None and level not in LEVELS:
+            raise UnknownNameError("level", level, LEVELS)
+        if seq_cap is not None and (isinstance(seq_cap, bool) or not isinstance(seq_cap, int) or seq_cap < 1):
+            raise FeatstoreError(f"encoder {self.name}: --seq-cap must be a positive integer, got {seq_cap!r}")
+        if level == "utt":
+            if seq_cap is not None:
+                raise FeatstoreError(f"encoder {self.name}: --seq-cap {seq_cap} asks for frame-level features, "
+                                     f"but --level is utt")
+            return replace(self, seq_cap=None)
+        if level == "frame" or seq_cap is not None:
+            return replace(self, seq_cap=seq_cap or self.seq_cap or DEFAULT_SEQ_CAP)
+        return self
 
     @property
     def n_stored_layers(self) -> int:
@@ -73,6 +97,10 @@ class EncoderSpec:
         for k in ("name", "note", "availability", "mertools_names", "language"):
             d.pop(k)
         d["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
+        if self.seq_cap:                  # only frame-level specs name a level (utterance specs keep their old hash)
+            d["level"] = "frame"
+        else:
+            d.pop("seq_cap")
         return d
 
 
@@ -163,8 +191,12 @@ def _encoder(name: str, raw: dict[str, Any]) -> EncoderSpec:
         trust_remote_code=bool(raw.get("trust_remote_code", False)),
         availability=_choice(entry, "availability", raw.get("availability", "hub"), AVAILABILITY),
         params=dict(raw.get("params") or {}), mertools_names=tuple(raw.get("mertools_names") or ()),
-        note=str(raw.get("note", "")),
+        note=str(raw.get("note", "")), seq_cap=raw.get("seq_cap"),
     )
+    if spec.seq_cap is not None and (isinstance(spec.seq_cap, bool) or not isinstance(spec.seq_cap, int)
+                                     or spec.seq_cap < 1):
+        raise CatalogError(f"catalog: {entry}: field 'seq_cap' must be a positive integer (steps kept per sample), "
+                           f"got {spec.seq_cap!r}")
     if layers == "all" and spec.layer_reduce == "stack" and not spec.n_layers:
         raise CatalogError(f"catalog: {entry}: field 'n_layers' is required when layers is 'all' and layer_reduce is 'stack'")
     if spec.modality == "visual" and family != "import-only" and ("frames" in spec.input) == ("fps" in spec.input):

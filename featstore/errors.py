@@ -41,6 +41,10 @@ class MissingKeyError(StoreError, KeyError):
         return str(self.args[0])
 
 
+class MissingFramesError(MissingKeyError):
+    """A key holds utterance vectors only, and a sequence model asked for its frame-level features."""
+
+
 class LeaseError(StoreError):
     """Another process holds the build/import lease of this key."""
 

@@ -11,10 +11,13 @@ HDF5 attribute `featstore_attrs`, so nested dicts and lists survive unchanged)::
     /<dataset>/subsets/<name>, groups   (and any other reserved dataset-level node, e.g. ov/)
     /<dataset>/<encoder>/<corruption>/  attrs: featstore_kind="key", featstore_attrs, rows_per_chunk
         utt     [N, L, D], stored dtype, HDF5 chunks (rows_per_chunk, 1, D)
+        seq     [N, T, D] stored dtype, HDF5 chunks as the store's (keys with frame-level features only)
+        seq_len [N] int32 (with seq)
         done    [N] bool
         errors  attrs: p<start> = JSON of that finished partition's record (start, stop, records, finished)
 
-Both directions copy one (row chunk, layer) block at a time, so memory stays at one chunk.
+Both directions copy one (row chunk, layer) block of utt and one seq chunk at a time, so memory stays at
+one chunk.
 An import holds the key's lease, writes `done` after the rows of each chunk and the final attributes
 last; until then the key's attrs say `import_state: in-progress`, and rerunning the same import
 resumes it (chunks already done are skipped).
@@ -101,20 +104,39 @@ def _export_key(store: FeatureStore, key: KeyName, parent: h5py.Group, compressi
     utt = g.create_dataset("utt", shape=(n, L, D), dtype=fa.utt.dtype, chunks=chunks,
                            compression=compression if chunks else None)
     done = g.create_dataset("done", shape=(n,), dtype=bool, chunks=(min(r, n),) if n else None)
+    seq = seq_len = None
+    if fa.seq is not None and fa.seq_len is not None:
+        T = fa.seq_cap
+        seq = g.create_dataset("seq", shape=(n, T, D), dtype=fa.seq.dtype,
+                               chunks=(min(int(fa.seq.chunks[0]), n), T, D) if n else None,
+                               compression=compression if n else None)
+        seq_len = g.create_dataset("seq_len", shape=(n,), dtype=np.int32, chunks=(min(r, n),) if n else None)
     for s, e in fa.chunk_ranges():
         for layer in range(L):
             utt[s:e, layer, :] = fa.utt[s:e, layer, :]
+        if seq is not None and seq_len is not None:
+            for a, b in _seq_blocks(fa.seq, s, e):
+                seq[a:b] = fa.seq[a:b]
+            seq_len[s:e] = fa.seq_len[s:e]
         done[s:e] = fa.done[s:e]
     eg = g.create_group("errors")
     if "errors" in fa.group:
         for pname, pg in sorted(fa.group["errors"].groups()):
             eg.attrs[pname] = _dumps(dict(pg.attrs))
-    return n * L * D * fa.utt.dtype.itemsize
+    seq_bytes = n * fa.seq_cap * D * fa.seq.dtype.itemsize if fa.seq is not None else 0
+    return n * L * D * fa.utt.dtype.itemsize + seq_bytes
+
+
+def _seq_blocks(seq: Any, start: int, stop: int) -> list[tuple[int, int]]:
+    """[a, b) of each seq chunk within rows [start, stop) (seq chunks divide the utt chunks)."""
+    r = int(seq.chunks[0])
+    return [(a, min(a + r, stop)) for a in range(start, stop, r)]
 
 
 def export_hdf5(store: FeatureStore, out_path: str | os.PathLike[str], keys: Sequence[KeyName | str] | None = None,
                 datasets: Sequence[str] | None = None, *, compression: str | None = None) -> dict[str, Any]:
-    """Write datasets (ids, labels, subsets, groups, attrs) and keys (utt, done, errors, attrs) to one HDF5 file.
+    """Write datasets (ids, labels, subsets, groups, attrs) and keys (utt, seq/seq_len when the key has frames,
+    done, errors, attrs) to one HDF5 file.
 
     keys=None and datasets=None export everything; `datasets` exports those datasets with all their keys;
     `keys` exports exactly those keys with their datasets. `compression` is an HDF5 filter for utt
@@ -248,20 +270,26 @@ def _import_key(store: FeatureStore, key: KeyName, h: h5py.Group, src_path: Path
         raise StoreError(f"{src_path}: {key} has {n} rows but dataset {key.dataset} has {len(store.ids(key.dataset))} ids")
     r = int(h.attrs.get("rows_per_chunk", max(1, n)))
     dtype = np.dtype(utt_h.dtype)
+    seq_h, seq_len_h = h.get("seq"), h.get("seq_len")
+    cap = int(seq_h.shape[1]) if seq_h is not None else 0
+    if seq_h is not None and (seq_len_h is None or tuple(seq_h.shape) != (n, cap, D) or seq_h.dtype != dtype
+                              or tuple(seq_len_h.shape) != (n,)):
+        raise StoreError(f"{src_path}: {key} has frame-level arrays that do not fit its utt [{n}, {L}, {D}] {dtype} "
+                         f"(seq {tuple(seq_h.shape)} {seq_h.dtype}); the file is damaged")
     with store.lease(key, "import"):
         resume = False
         if store.has_key(key) and not overwrite:
             old = store.open_key(key)
             if old.attrs.get("import_state") != IN_PROGRESS:
                 raise StoreError(f"{key} already exists in {store.path}; import with --overwrite to replace it")
-            if old.shape != (n, L, D) or old.utt.dtype != dtype or old.rows_per_chunk != r:
+            if old.shape != (n, L, D) or old.utt.dtype != dtype or old.rows_per_chunk != r or old.seq_cap != cap:
                 raise StoreError(f"{key}: an interrupted import with another shape/dtype/chunking is in the store; "
                                  f"import with --overwrite to replace it")
             resume = True
         fa = store.create_key(key, layers=L, dim=D, dtype=dtype.name, spec=src_attrs.get("spec", {}),
                               spec_hash=src_attrs.get("spec_hash", ""), rows_per_chunk=r,
                               attrs={"import_state": IN_PROGRESS, "import_source": str(src_path)},
-                              overwrite=overwrite and store.has_key(key))
+                              overwrite=overwrite and store.has_key(key), seq_cap=cap or None)
         done_src = np.asarray(done_h[:], bool) if n else np.zeros(0, bool)
         done_dst = fa.done_mask() if resume else np.zeros(n, bool)
         for s, e in fa.chunk_ranges():
@@ -269,6 +297,10 @@ def _import_key(store: FeatureStore, key: KeyName, h: h5py.Group, src_path: Path
                 continue  # copied before the interruption: done is written after the rows
             for layer in range(L):
                 fa.utt[s:e, layer, :] = utt_h[s:e, layer, :]
+            if fa.seq is not None and fa.seq_len is not None and seq_h is not None and seq_len_h is not None:
+                for a, b in _seq_blocks(fa.seq, s, e):
+                    fa.seq[a:b] = seq_h[a:b]
+                fa.seq_len[s:e] = seq_len_h[s:e]
             fa.done[s:e] = done_src[s:e]
         errors = fa.group.require_group("errors")
         if "errors" in h:

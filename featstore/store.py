@@ -11,6 +11,13 @@ Layout (see DESIGN.md)::
     /<dataset>/<encoder>/<corruption>/   attrs: spec, spec_hash, provenance, rows_per_chunk, ...
         utt    [N, L, D] chunks (rows_per_chunk, 1, D): one layer per chunk
         done   [N] bool, same row chunking: row i holds valid features
+        seq    [N, T, D] (optional; frame-level keys: `featstore build --level frame` or an entry's `seq_cap` T):
+               frame/token-level features padded after the real frames, pooled by an integer factor to fit T
+               (featstore.sequence); row chunks divide utt's, so a partition stays whole chunks of both.
+               The same key holds utt and seq (one encoder pass writes both); level and cap are in the spec
+               hash, so adding frames to an utterance-only key is a rebuild (--overwrite). When utt keeps
+               L > 1 layers, seq keeps their mean.
+        seq_len [N] int32, utt's row chunking: real steps of each row in `seq` (0 = not written)
         errors/p<start>   one group per finished build partition; attrs.records = failures
 
 A partition is a whole number of row chunks, so parallel writers never share a chunk and need no lock.
@@ -35,7 +42,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from featstore.errors import BadValuesError, LeaseError, MissingKeyError, SpecMismatchError, StoreError
+from featstore.errors import (BadValuesError, LeaseError, MissingFramesError, MissingKeyError, SpecMismatchError,
+                             StoreError)
 
 FORMAT_VERSION = 1
 DEFAULT_STORE = "featstore.zarr"
@@ -43,6 +51,7 @@ DEFAULT_STORE = "featstore.zarr"
 # back is 2x slower on 2 cores; blosc-lz4 saves nothing. Uncompressed chunks read at memory speed.
 DEFAULT_COMPRESSORS: Any = None
 TARGET_CHUNK_BYTES = 4 << 20
+SEQ_CHUNK_BYTES = 16 << 20   # the largest seq chunk (rows dividing utt's chunk rows)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 RESERVED = {"ids", "labels", "subsets", "groups", "ov"}
 
@@ -57,6 +66,17 @@ def rows_per_chunk_for(dim: int, itemsize: int) -> int:
     rows = TARGET_CHUNK_BYTES // max(1, dim * itemsize)
     rows = 1 << max(0, int(rows).bit_length() - 1)
     return int(min(1024, max(256, rows)))
+
+
+def seq_rows_per_chunk(rows_per_chunk: int, cap: int, dim: int, itemsize: int) -> int:
+    """Rows per `seq` chunk: the largest divisor of utt's rows per chunk whose chunk stays <= SEQ_CHUNK_BYTES, so
+    a build partition (whole utt chunks) is always whole seq chunks too."""
+    per_row = max(1, cap * dim * itemsize)
+    best = 1
+    for d in range(1, rows_per_chunk + 1):
+        if rows_per_chunk % d == 0 and d * per_row <= SEQ_CHUNK_BYTES:
+            best = d
+    return best
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -93,6 +113,18 @@ class FeatureArray:
         self.utt: zarr.Array = group["utt"]  # type: ignore[assignment]
         self.done: zarr.Array = group["done"]  # type: ignore[assignment]
         self.rows_per_chunk = int(self.utt.chunks[0])
+        self.seq: zarr.Array | None = group["seq"] if "seq" in group else None  # type: ignore[assignment]
+        self.seq_len: zarr.Array | None = group["seq_len"] if "seq_len" in group else None  # type: ignore[assignment]
+
+    @property
+    def has_seq(self) -> bool:
+        """The key keeps frame/token-level features (`seq`, `seq_len`)."""
+        return self.seq is not None
+
+    @property
+    def seq_cap(self) -> int:
+        """T of `seq` (0 when the key keeps none)."""
+        return int(self.seq.shape[1]) if self.seq is not None else 0
 
     @property
     def n(self) -> int:
@@ -118,12 +150,15 @@ class FeatureArray:
         if start % r or (stop % r and stop != self.n):
             raise StoreError(f"{self.key}: rows [{start}, {stop}) are not aligned to chunks of {r} rows")
 
-    def write_rows(self, start: int, values: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def write_rows(self, start: int, values: np.ndarray, valid: np.ndarray | None = None,
+                   seq: Sequence[np.ndarray | None] | None = None) -> None:
         """Write rows [start, start+len(values)) -- a whole number of chunks -- then mark valid rows done.
 
         values: [n, L, D] (or [n, D] when L == 1), any float dtype; cast to the stored dtype. Rows where
         `valid` is False (failed samples) are written as zeros and stay not-done. A non-finite valid row,
         or one that overflows the stored dtype, raises BadValuesError naming the sample.
+        seq: for keys with `seq`, one [T_i, D] frame-level array per row (None for failed rows); pooled by an
+        integer factor to fit the key's cap (never truncated). An empty sequence of a valid row is refused.
         """
         values = np.asarray(values)
         if values.ndim == 2 and self.utt.shape[1] == 1:
@@ -147,8 +182,48 @@ class FeatureArray:
         if not valid.all():
             stored = stored.copy()
             stored[~valid] = 0
+        seq_block = None
+        if self.seq is not None:
+            if seq is None or len(seq) != len(values):
+                raise BadValuesError(f"{self.key}: the key keeps frame-level features (seq); "
+                                     f"{'none' if seq is None else len(seq)} sequences given for {len(values)} rows")
+            seq_block = self._seq_block(start, seq, valid)
+        elif seq is not None:
+            raise BadValuesError(f"{self.key}: sequences given, but the key keeps no seq array")
         self.utt[start:stop] = stored
+        if seq_block is not None and self.seq is not None and self.seq_len is not None:
+            self.seq[start:stop] = seq_block[0]
+            self.seq_len[start:stop] = seq_block[1]
         self.done[start:stop] = valid
+
+    def _seq_block(self, start: int, seq: Sequence[np.ndarray | None], valid: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The padded [n, T, D] block and lengths [n] of the given rows' sequences (checked, pooled, cast)."""
+        from featstore.sequence import pool_to_cap
+
+        assert self.seq is not None
+        cap, dim = int(self.seq.shape[1]), int(self.seq.shape[2])
+        block = np.zeros((len(seq), cap, dim), dtype=self.seq.dtype)
+        lengths = np.zeros(len(seq), dtype=np.int32)
+        for i, x in enumerate(seq):
+            if not valid[i]:
+                continue
+            sid = lambda: f"sample {self.store.ids(self.key.dataset)[start + i]} (row {start + i})"  # noqa: E731
+            if x is None or np.asarray(x).ndim != 2 or len(x) == 0:
+                raise BadValuesError(f"{self.key}: {sid()} has an empty or malformed sequence "
+                                     f"(shape {None if x is None else np.asarray(x).shape}); nothing of this range was written")
+            if np.asarray(x).shape[1] != dim:
+                raise BadValuesError(f"{self.key}: {sid()} has sequence features of dim {np.asarray(x).shape[1]}, "
+                                     f"the key stores {dim}")
+            pooled = pool_to_cap(x, cap)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = pooled.astype(self.seq.dtype)
+            if not np.isfinite(cast).all():
+                cause = "NaN/Inf" if not np.isfinite(pooled).all() else f"values beyond {self.seq.dtype} range"
+                raise BadValuesError(f"{self.key}: {sid()} has {cause} in its sequence; nothing of this range was written")
+            block[i, :len(cast)] = cast
+            lengths[i] = len(cast)
+        return block, lengths
 
     def finish_partition(self, start: int, stop: int, records: Sequence[dict[str, Any]],
                          drawn: dict[str, dict[str, Any]] | None = None) -> None:
@@ -231,12 +306,43 @@ class FeatureArray:
                 out[sel, j, :] = block[rows[sel] - s]
         return out
 
+    def read_seq(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-level features of the given rows (all when None): ([n, T', D] stored dtype, [n] int32 lengths),
+        T' the longest of those rows' sequences (the padding past it is dropped); rows not done have length 0."""
+        if self.seq is None or self.seq_len is None:
+            raise MissingFramesError(f"{self.key} keeps no frame-level features (seq); rebuild it with an encoder "
+                                  f"entry that sets seq_cap, e.g. featstore build ... --level frame")
+        if rows is None:
+            lengths = np.asarray(self.seq_len[:], np.int32)
+            t = int(lengths.max()) if len(lengths) else 0
+            return np.asarray(self.seq[:, :max(t, 1), :]), lengths
+        rows = np.asarray(rows, dtype=np.int64)
+        all_len = np.asarray(self.seq_len[:], np.int32)
+        lengths = all_len[rows] if len(rows) else np.zeros(0, np.int32)
+        t = max(1, int(lengths.max()) if len(lengths) else 1)
+        out = np.zeros((len(rows), t, int(self.seq.shape[2])), dtype=self.seq.dtype)
+        r = int(self.seq.chunks[0])
+        chunk_of = rows // r
+        for c in np.unique(chunk_of):
+            sel = np.flatnonzero(chunk_of == c)
+            s, e = int(c) * r, min(int(c) * r + r, self.n)
+            block = self.seq[s:e, :t, :]
+            out[sel] = block[rows[sel] - s]
+        return out, lengths
+
     def info(self) -> dict[str, Any]:
-        """Shape, dtype, chunking, rows done, error count and provenance attributes."""
+        """Shape, dtype, chunking, rows done, error count and provenance attributes; for keys with frames also
+        seq_shape, seq_cap and the mean/max steps of done rows (seq_len_mean, seq_len_max)."""
         done = self.done_mask()
-        return {"key": str(self.key), "shape": list(self.shape), "dtype": str(self.utt.dtype),
-                "rows_per_chunk": self.rows_per_chunk, "rows_done": int(done.sum()),
-                "errors": self.errors(), "attrs": self.attrs}
+        out = {"key": str(self.key), "shape": list(self.shape), "dtype": str(self.utt.dtype),
+               "rows_per_chunk": self.rows_per_chunk, "rows_done": int(done.sum()),
+               "errors": self.errors(), "attrs": self.attrs}
+        if self.seq is not None and self.seq_len is not None:
+            lengths = np.asarray(self.seq_len[:], np.int64)[done]
+            out.update({"seq_shape": list(self.seq.shape), "seq_cap": self.seq_cap,
+                        "seq_len_mean": float(lengths.mean()) if len(lengths) else 0.0,
+                        "seq_len_max": int(lengths.max()) if len(lengths) else 0})
+        return out
 
 
 class FeatureStore:
@@ -395,11 +501,12 @@ class FeatureStore:
 
     def create_key(self, key: KeyName, *, layers: int, dim: int, dtype: str, spec: dict[str, Any], spec_hash: str,
                    rows_per_chunk: int | None = None, attrs: dict[str, Any] | None = None,
-                   overwrite: bool = False) -> FeatureArray:
+                   overwrite: bool = False, seq_cap: int | None = None) -> FeatureArray:
         """Create a key's arrays for every row of its dataset, or reopen one made with the same spec hash.
 
         An existing key with another spec hash is refused (never mix two models' outputs under one key)
-        unless overwrite=True, which deletes it first.
+        unless overwrite=True, which deletes it first. seq_cap: also keep frame-level features, `seq`
+        [N, seq_cap, D] and `seq_len` [N] (the cap belongs in the spec hash: the caller's spec includes it).
         """
         for kind, name in (("encoder", key.encoder), ("corruption", key.corruption)):
             _check_name(kind, name)
@@ -422,6 +529,14 @@ class FeatureStore:
                        compressors=DEFAULT_COMPRESSORS, fill_value=0, overwrite=True)
         g.create_array("done", shape=(n,), dtype="bool", chunks=(r,), compressors=DEFAULT_COMPRESSORS,
                        fill_value=False, overwrite=True)
+        if seq_cap:
+            if seq_cap < 1:
+                raise StoreError(f"{key}: seq_cap must be >= 1, got {seq_cap}")
+            g.create_array("seq", shape=(n, int(seq_cap), dim), dtype=dtype,
+                           chunks=(seq_rows_per_chunk(r, int(seq_cap), dim, itemsize), int(seq_cap), dim),
+                           compressors=DEFAULT_COMPRESSORS, fill_value=0, overwrite=True)
+            g.create_array("seq_len", shape=(n,), dtype="int32", chunks=(r,), compressors=DEFAULT_COMPRESSORS,
+                           fill_value=0, overwrite=True)
         g.require_group("errors")
         g.attrs.update({**(attrs or {}), "spec": spec, "spec_hash": spec_hash, "created": _now()})
         return self.open_key(key)

@@ -6,10 +6,14 @@ float16/float32 dtype; done is [N] with the same row chunking; no NaN/Inf in don
 spec_hash present (and spec_hash == catalog.spec_hash(spec), as build computes it); provenance present;
 rows neither done nor recorded as failed (an unfinished build); an import left `in-progress`; chunk
 files of chunks with no row done and no finished-partition record (written by a partition that was
-interrupted before marking anything done). Stale leases (dead processes on this host) are listed.
+interrupted before marking anything done). Keys with frame-level features: seq is [N, T, D] (D and dtype of
+utt) with seq_len [N] int32 beside it, both chunked so that every utt chunk is whole seq chunks; done rows
+have 0 < seq_len <= T, finite steps and zeros past their length; rows not done have seq_len 0 (a warning
+where an unfinished partition left them, an error in a finished one). Stale leases (dead processes on this
+host) are listed.
 
-Nothing is deleted unless repair=True, and repair deletes only those leftover chunk files (under the
-key's lease) and stale lease files.
+Nothing is deleted unless repair=True, and repair deletes only those leftover chunk files (utt's and the
+seq/seq_len chunks of the same rows, under the key's lease) and stale lease files.
 """
 
 from __future__ import annotations
@@ -108,6 +112,65 @@ def _scan_values(fa: FeatureArray, done: np.ndarray, ids: np.ndarray) -> np.ndar
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
+def _check_seq(fa: FeatureArray, done: np.ndarray, ids: np.ndarray) -> list[Finding]:
+    """Shapes, chunking and lengths of a key's frame-level arrays (see the module docstring)."""
+    name = str(fa.key)
+    if fa.seq is None or fa.seq_len is None:
+        if (fa.seq is None) != (fa.seq_len is None):
+            have, lack = ("seq", "seq_len") if fa.seq is not None else ("seq_len", "seq")
+            return [Finding(name, "error", f"the key has {have} but no {lack}; rebuild it with --overwrite")]
+        return []
+    out: list[Finding] = []
+    seq, seq_len = fa.seq, fa.seq_len
+    if seq.ndim != 3 or seq.shape[0] != fa.n or seq.shape[2] != fa.shape[2] or seq.shape[1] < 1:
+        return [Finding(name, "error", f"seq has shape {tuple(seq.shape)}; expected [{fa.n}, T, {fa.shape[2]}]")]
+    if seq.dtype != fa.utt.dtype:
+        out.append(Finding(name, "error", f"seq has dtype {seq.dtype}, utt {fa.utt.dtype}"))
+    if tuple(seq_len.shape) != (fa.n,) or str(seq_len.dtype) != "int32":
+        return out + [Finding(name, "error", f"seq_len has shape {tuple(seq_len.shape)} and dtype {seq_len.dtype}; "
+                                             f"expected ({fa.n},) int32")]
+    if fa.rows_per_chunk % int(seq.chunks[0]) or int(seq_len.chunks[0]) != fa.rows_per_chunk:
+        out.append(Finding(name, "error", f"seq chunks of {seq.chunks[0]} rows (seq_len {seq_len.chunks[0]}) do not "
+                                          f"divide utt's {fa.rows_per_chunk}: parallel partitions would share chunks"))
+        return out
+    cap = fa.seq_cap
+    lengths = np.asarray(seq_len[:], np.int64)
+    bad_len = np.flatnonzero(done & ((lengths < 1) | (lengths > cap)))
+    if len(bad_len):
+        out.append(Finding(name, "error", f"{len(bad_len)} done row(s) have seq_len outside 1..{cap}, e.g. sample "
+                                          f"{_ids_preview(ids, bad_len)} (seq_len {int(lengths[bad_len[0]])})"))
+    stray = np.flatnonzero(~done & (lengths != 0))
+    if len(stray):
+        finished = [(s, int(rec["stop"])) for s, rec in fa.partition_records().items()]
+        recorded = np.array([any(fs <= i < fe for fs, fe in finished) for i in stray], bool)
+        if recorded.any():
+            out.append(Finding(name, "error", f"{int(recorded.sum())} row(s) not done have seq_len > 0 in finished "
+                                              f"partitions, e.g. sample {_ids_preview(ids, stray[recorded])}"))
+        if (~recorded).any():
+            out.append(Finding(name, "warning", f"{int((~recorded).sum())} row(s) not done have seq_len > 0 (left by "
+                                                f"an interrupted partition; a rerun rewrites them), e.g. sample "
+                                                f"{_ids_preview(ids, stray[~recorded])}"))
+    nonfinite, padded = [], []
+    r = int(seq.chunks[0])
+    steps = np.arange(cap)
+    for s in range(0, fa.n, r):
+        e = min(s + r, fa.n)
+        d = done[s:e]
+        if not d.any():
+            continue
+        block = np.asarray(seq[s:e])
+        real = steps[None, :] < np.clip(lengths[s:e], 0, cap)[:, None]                    # [rows, T]
+        finite = np.where(real[:, :, None], np.isfinite(block), True).all(axis=(1, 2))
+        zero_pad = np.where(real[:, :, None], True, block == 0).all(axis=(1, 2))
+        nonfinite.append(s + np.flatnonzero(d & ~finite))
+        padded.append(s + np.flatnonzero(d & ~zero_pad))
+    for rows, what in ((nonfinite, "NaN/Inf in their steps"), (padded, "non-zero values past seq_len")):
+        rows_ = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        if len(rows_):
+            out.append(Finding(name, "error", f"{len(rows_)} done row(s) have {what}, e.g. sample {_ids_preview(ids, rows_)}"))
+    return out
+
+
 def _leftover_chunks(store: FeatureStore, key: KeyName, fa: FeatureArray, done: np.ndarray) -> list[int]:
     """Row chunks with a utt chunk file but no row done and no finished-partition record."""
     r = fa.rows_per_chunk
@@ -124,10 +187,16 @@ def _leftover_chunks(store: FeatureStore, key: KeyName, fa: FeatureArray, done: 
 
 
 def _delete_chunks(fa: FeatureArray, chunks: list[int]) -> None:
-    base = f"{fa.utt.path}/c"
+    """Delete utt's chunk files of these row chunks, and seq's and seq_len's of the same rows."""
     store = fa.utt.store
+    r = fa.rows_per_chunk
     for c in chunks:
-        sync(store.delete_dir(f"{base}/{c}"))
+        sync(store.delete_dir(f"{fa.utt.path}/c/{c}"))
+        if fa.seq is not None and fa.seq_len is not None:
+            sync(store.delete_dir(f"{fa.seq_len.path}/c/{c}"))
+            rs = int(fa.seq.chunks[0])
+            for sc in range(c * r // rs, -(-min(c * r + r, fa.n) // rs)):
+                sync(store.delete_dir(f"{fa.seq.path}/c/{sc}"))
 
 
 def _check_key(store: FeatureStore, key: KeyName, repair: bool) -> list[Finding]:
@@ -165,6 +234,7 @@ def _check_key(store: FeatureStore, key: KeyName, repair: bool) -> list[Finding]
         bad = _scan_values(fa, done, ids)
         if len(bad):
             out.append(Finding(name, "error", f"{len(bad)} done row(s) hold NaN/Inf, e.g. sample {_ids_preview(ids, bad)}"))
+    out.extend(_check_seq(fa, done, ids))
     if attrs.get("import_state") == "in-progress":
         src = attrs.get("import_source", "the export file")
         out.append(Finding(name, "warning", f"an import was interrupted (import_state: in-progress); rerun "

@@ -49,7 +49,7 @@ def test_unknown_names_fail_with_closest_matches(tmp_path: Path) -> None:
 def test_build_ls_info_verify(built: str) -> None:
     listing = json.loads(run("ls", "--store", built, "--json"))
     assert listing["keys"] == [{"key": "demo/egemaps/clean", "shape": [12, 1, 88], "dtype": "float32",
-                                "rows_done": 12, "errors": 0}]
+                                "rows_done": 12, "errors": 0, "seq_cap": 0}]
     assert listing["datasets"][0]["subsets"]["train"] + listing["datasets"][0]["subsets"]["test1"] == 12
     info = json.loads(run("info", "demo/egemaps", "--store", built, "--json"))
     assert info["rows_done"] == 12 and info["attrs"]["spec_hash"] and info["attrs"]["provenance"]["packages"]["opensmile"]

@@ -521,3 +521,88 @@ def test_select_layers_reduce():
     summed = hc.select_layers(hs, spec(layers=(0, -1)))
     assert summed.shape == (1, 1, 2, 3) and float(summed[0, 0, 0, 0]) == 4.0
     assert math.isclose(float(hc.select_layers(hs, spec(layers="all", layer_reduce="mean"))[0, 0, 0, 0]), 2.0)
+
+
+# ------------------------------------------------------------------------------------------------ frames (seq keys)
+
+FRAME_CASES = [(k, r) for k in AUDIO + TEXT for r in ("default", "mertools") if (k, r) != ("whisper", "mertools")]
+
+
+@pytest.mark.parametrize("kind,recipe", FRAME_CASES)
+def test_frames_batched_equal_one_at_a_time(kind, recipe, tiny_models):
+    """encode_frames: the utterance rows are encode's, and each item's frames equal its frames encoded alone."""
+    enc = make(kind, tiny_models, recipe=recipe, seq_cap=8)
+    batch = inputs_for(kind)
+    utt, frames = enc.encode_frames(batch)
+    assert rel_err(utt, enc.encode(batch)) < TOL
+    assert len(frames) == len(batch)
+    for i, x in enumerate(batch):
+        alone_utt, alone = enc.encode_frames([x])
+        assert frames[i].dtype == np.float32 and frames[i].ndim == 2 and frames[i].shape[1] == 32
+        assert frames[i].shape == alone[0].shape and len(alone[0]) > 0, (kind, recipe, i)
+        assert rel_err(frames[i], alone[0]) < TOL, (kind, recipe, i)
+        assert rel_err(utt[i], alone_utt[0]) < TOL
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2", "data2vec", "whisper"])
+def test_audio_frames_are_the_frames_the_utterance_mean_pools(kind, tiny_models):
+    """Recipe default: frames of real audio, windows concatenated; their mean is the utterance vector."""
+    window = {"window_s": 1.0} if kind != "whisper" else {}
+    enc = make(kind, tiny_models, input={"sample_rate": SR, **window})
+    clip = wave(2.5, 8)
+    utt, frames = enc.encode_frames([wave(0.7, 1), clip])
+    if kind == "whisper":
+        expected = 125                                        # 2.5 s = 250 mel frames -> 125 encoder frames
+    else:                                                     # 3 balanced windows, each at its own length
+        expected = sum(int(enc.model._get_feat_extract_output_lengths(torch.tensor(len(p))))
+                       for p in np.array_split(np.zeros(len(clip)), 3))
+    assert frames[1].shape == (expected, 32)
+    assert rel_err(frames[1].mean(axis=0), utt[1, 0]) < TOL
+
+
+def test_audio_mertools_frames_leave_out_the_zero_tail(tiny_models):
+    """MERTools' utterance mean counts the frames of its zero-padded last window; the sequence keeps real audio."""
+    enc = make("hubert", tiny_models, recipe="mertools", input={"sample_rate": SR, "window_s": 1.0})
+    utt, frames = enc.encode_frames([wave(2.5, 5)])
+    per_window = int(enc.model._get_feat_extract_output_lengths(torch.tensor(SR)))
+    half = int(enc.model._get_feat_extract_output_lengths(torch.tensor(SR // 2)))
+    assert frames[0].shape == (2 * per_window + half, 32)
+    assert rel_err(frames[0].mean(axis=0), utt[0, 0]) > 1e-3     # the utterance mean also has the tail's frames
+
+
+def test_stacked_layers_keep_their_mean_as_frames(tiny_models):
+    for kind in ("hubert", "bert"):
+        stacked = make(kind, tiny_models, layer_reduce="stack", recipe="mertools")
+        utt, frames = stacked.encode_frames(inputs_for(kind)[:2])
+        assert utt.shape == (2, 4, 32) and frames[0].shape[1] == 32
+        mean_layers = make(kind, tiny_models, layer_reduce="mean", recipe="mertools").encode_frames(inputs_for(kind)[:2])[1]
+        for a, b in zip(frames, mean_layers):
+            assert a.shape == b.shape and rel_err(a, b) < TOL
+        if kind == "bert":                                         # mertools text: the tokens' mean is the utterance
+            assert rel_err(frames[1].mean(axis=0), utt[1].mean(axis=0)) < TOL
+
+
+@pytest.mark.parametrize("kind,lead,trail", [("bert", 1, 1), ("llama", 1, 0)])
+def test_text_tokens_drop_added_special_tokens(kind, lead, trail, tiny_models):
+    from transformers import AutoModel, AutoTokenizer
+    folder = tiny_models(kind)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    ids = {k: v for k, v in tok(TEXTS[1], return_tensors="pt").items() if k != "token_type_ids" or kind == "bert"}
+    with torch.inference_mode():
+        hidden = model(**ids).last_hidden_state[0]
+    ref = hidden[lead:hidden.shape[0] - trail].numpy()              # the text's own tokens, in order
+    for recipe in ("default", "mertools"):
+        enc = make(kind, tiny_models, recipe=recipe, layers="last")
+        utt, tokens = enc.encode_frames(TEXTS)
+        for text, t in zip(TEXTS, tokens):
+            assert len(t) == len(tok(text, add_special_tokens=False)["input_ids"]), (kind, recipe, text)
+        assert tokens[1].shape == ref.shape and rel_err(tokens[1], ref) < TOL
+    empty = make("bert", tiny_models).encode_frames(["", "sad"])[1]
+    assert empty[0].shape == (0, 32) and empty[1].shape == (1, 32)   # nothing of its own: the build records it
+
+
+def test_whisper_mertools_has_no_frames(tiny_models):
+    with pytest.raises(FeatstoreError, match=r"encoder tiny-audio: recipe mertools pools Whisper's two decoder "
+                                             r"positions.*without --level frame"):
+        make("whisper", tiny_models, recipe="mertools", seq_cap=16)
+    assert make("whisper", tiny_models, recipe="mertools").encode([wave(0.5, 0)]).shape == (1, 1, 32)

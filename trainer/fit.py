@@ -30,6 +30,7 @@ from trainer.experiment import ExperimentResult, Job, Outcome, TestOutput, assem
 from trainer.metrics import Scores, score
 from trainer.models import build_model, model_class
 from trainer.models.base import ModelSpec
+from trainer.models.layers import length_key, time_mask
 from trainer.optim import BatchedAdam
 from trainer.protocol import HYPER, Plan, Protocol, ProtocolError
 
@@ -210,11 +211,22 @@ class _GroupTrainer:
             self.model = build_model(fusion, spec, **jobs[0].options)
         except TypeError as exc:
             raise ProtocolError(f"fusion '{fusion}' does not take option(s) {sorted(jobs[0].options)}: {exc}") from None
+        self.level = getattr(self.model, "level", "utt")
+        if self.level == "seq" and fs.level != "seq":
+            raise ProtocolError(f"fusion '{fusion}' is a sequence model: it needs frame-level features (trainer "
+                                f"--level frame; featstore build ... --level frame)")
+        if self.level == "seq" and getattr(self.model, "aligned", None) and not fs.aligned:
+            raise ProtocolError(f"fusion '{fusion}' needs aligned sequences (every modality on one time axis): "
+                                f"add --aligned")
         self.params = list(self.model.parameters())
         self.opt = BatchedAdam(self.params, [j.hyper["lr"] for j in jobs], [j.hyper["weight_decay"] for j in jobs])
         self.feature_names = list(fs.features)
-        self.X = {k: f.x for k, f in fs.features.items()}
-        self.XT = {k: f.x_test for k, f in fs.features.items()}
+        seq = self.level == "seq"
+        self.X = {k: (f.seq if seq else f.x) for k, f in fs.features.items()}
+        self.XT = {k: (f.seq_test if seq else f.x_test) for k, f in fs.features.items()}
+        # sequence lengths ride along with the values, under their own input key
+        self.LEN = {length_key(k): f.lengths.to(device) for k, f in fs.features.items() if seq}
+        self.LENT = {length_key(k): f.lengths_test.to(device) for k, f in fs.features.items() if seq}
         self.avail = {b.name: fs.available(b).to(device) for b in fs.branches}
         self.avail_test = {b.name: fs.available(b, test=True).to(device) for b in fs.branches}
         self.y_emo = fs.emotion.to(device) if fs.emotion is not None else None
@@ -226,16 +238,18 @@ class _GroupTrainer:
         if protocol.standardizes():
             self.std = {}
             for name, x in self.X.items():
-                mu = torch.empty(K, 1, x.shape[1], device=device)
+                mu = torch.empty(K, *([1] * (x.dim() - 1)), x.shape[-1], device=device)
                 inv = torch.empty_like(mu)
                 for k, j in enumerate(jobs):
                     rows = torch.from_numpy(j.fold.train).to(device)
                     xs = x.index_select(0, rows).double()
+                    if seq:  # over the real steps of the training rows
+                        xs = xs[time_mask(self.LEN[length_key(name)].index_select(0, rows), xs.shape[1])]
                     m, sd = xs.mean(0), xs.std(0, unbiased=False)
-                    mu[k, 0] = m.float()
-                    inv[k, 0] = torch.where(sd > 0, 1.0 / sd, torch.ones_like(sd)).float()
+                    mu[k].view(-1).copy_(m.float())
+                    inv[k].view(-1).copy_(torch.where(sd > 0, 1.0 / sd, torch.ones_like(sd)).float())
                 self.std[name] = (mu, inv)
-        d_total = sum(f.dim for f in fs.features.values())
+        d_total = sum(int(np.prod(x.shape[1:])) for x in self.X.values())
         self.eval_chunk = int(max(32, min(8192, EVAL_CHUNK_BYTES // max(1, 4 * K * d_total))))
         self._xbuf: dict[tuple[str, str, int], torch.Tensor] = {}
         self.autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if protocol.bf16
@@ -280,12 +294,14 @@ class _GroupTrainer:
             if buf is None:
                 if len(self._xbuf) > 64:
                     self._xbuf.clear()
-                buf = self._xbuf[key] = torch.empty(flat.shape[0], src[name].shape[1], device=self.device)
-            x = torch.index_select(src[name], 0, flat, out=buf).view(self.K, n, -1)
+                buf = self._xbuf[key] = torch.empty(flat.shape[0], *src[name].shape[1:], device=self.device)
+            x = torch.index_select(src[name], 0, flat, out=buf).view(self.K, n, *src[name].shape[1:])
             if self.std is not None:
                 mu, inv = self.std[name]
                 x = x.sub_(mu).mul_(inv)
             out[name] = x
+        for name, ln in (self.LENT if test else self.LEN).items():
+            out[name] = ln.index_select(0, flat).view(self.K, n)
         return out
 
     def _train_epoch(self) -> None:
@@ -361,7 +377,9 @@ class _GroupTrainer:
         for c0 in range(0, len(rows), self.eval_chunk):
             r = rows_t[c0:c0 + self.eval_chunk]
             masks = {b: a.index_select(0, r) for b, a in avail.items() if not bool(a[r].all())} or None
-            out = self.forward_inputs({name: src[name].index_select(0, r) for name in self.feature_names}, masks)
+            lens = self.LENT if test else self.LEN
+            out = self.forward_inputs({name: src[name].index_select(0, r) for name in self.feature_names}
+                                      | {name: ln.index_select(0, r) for name, ln in lens.items()}, masks)
             for key, v in out.items():
                 chunks.setdefault(key, []).append(v)
         return {k: torch.cat(v, dim=1).cpu().numpy() for k, v in chunks.items()}
@@ -377,7 +395,8 @@ class _GroupTrainer:
         availability `masks` {branch: [n] bool}: {'emotion': [K, n, C], 'valence': [K, n], 'attention': ...}."""
         self.model.eval()
         if self.std is not None:
-            inputs = {name: (x.unsqueeze(0) - self.std[name][0]) * self.std[name][1] for name, x in inputs.items()}
+            inputs = {name: ((x.unsqueeze(0) - self.std[name][0]) * self.std[name][1] if name in self.std else x)
+                      for name, x in inputs.items()}
         with self.autocast:
             out = self.model(inputs, masks)
         return {key: (out[key].float().expand(self.K, *out[key].shape[-2:]) if out[key].dim() == 3

@@ -22,7 +22,7 @@ from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.store import FeatureStore, KeyName
 from trainer.data import ARG_OF_MODALITY, encoder_modality, key_corruption, load_features
 from trainer.fit import normalise_configs, run_experiment
-from trainer.models import model_class
+from trainer.models import input_options, model_class
 from trainer.protocol import Protocol
 from trainer.record import recorded_rows, trial_definition
 from trainer.results import ResultsDB, config_hash
@@ -213,7 +213,7 @@ def run_tasks(store: FeatureStore, db: ResultsDB, dataset: str, tasks: list[Task
             key = repr(sorted(task.chosen.items()))
             if cache is None or cache[0] != key:  # consecutive runs of one feature set share its tensors
                 cache = (key, load_features(store, dataset, **task.chosen, corruption=corruption,
-                                            test_corruption=test_corruption))
+                                            test_corruption=test_corruption, **input_options(fusion, protocol)))
             result = run_experiment(cache[1], fusion, protocol.replace(seeds=seeds), [task.configs[i] for i in cis],
                                     max_models=max_models, progress=progress)
             done(task, seeds, recorded_rows(result, preset, test_corruption))
@@ -244,7 +244,7 @@ def train_on_worker(chosen: dict[str, list[str]], configs: list[dict[str, Any]],
     """A Dask task: read the features from the store, train the configs, return result and output rows (the
     client writes them)."""
     features = load_features(FeatureStore(store_path, read_only=True), dataset, **chosen, corruption=corruption,
-                             test_corruption=test_corruption)
+                             test_corruption=test_corruption, **input_options(fusion, protocol))
     result = run_experiment(features, fusion, protocol, configs, max_models=max_models)
     return recorded_rows(result, preset, test_corruption)
 

@@ -61,6 +61,8 @@ class Protocol:
                                         # busy 2-core machine 2 OpenMP threads ran small models 10-70x slower
     device: str | None = None           # None: cuda when available, else cpu
     deterministic: bool = True          # torch.use_deterministic_algorithms during the run
+    steps: int | None = None            # sequence models: cap on the time steps of a feature (None: as stored)
+    aligned: bool | None = None         # sequence models: one time axis per row (None: the model's requirement)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +79,8 @@ class Protocol:
             raise ProtocolError("inner_fraction must be in (0, 1)")
         if not self.seeds:
             raise ProtocolError("at least one seed is needed")
+        if self.steps is not None and self.steps < 1:
+            raise ProtocolError(f"steps must be >= 1, got {self.steps}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.test_splits is not None:
             object.__setattr__(self, "test_splits", tuple(self.test_splits))

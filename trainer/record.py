@@ -12,6 +12,8 @@ from trainer.results import ResultsDB, config_hash
 
 # Protocol fields that do not change a trial's outcome (where or how fast it runs), left out of its hash.
 NOT_DEFINING = ("seeds", "threads", "device")
+# Protocol fields added later: left out of the hash while unset, so trials recorded before them keep their hashes.
+UNSET_OMITTED = ("steps", "aligned")
 
 
 def trial_config(result: ExperimentResult, config: int, preset: str = "default",
@@ -31,7 +33,8 @@ def trial_definition(dataset: str, features: dict[str, list[str]], feature_hashe
     trainer.fit.normalise_configs), so a grid can skip the trials already in the database. branches: the branch
     names when they are not one per feature (concat, replicate).
     """
-    proto = {k: v for k, v in protocol.as_dict().items() if k not in NOT_DEFINING}
+    proto = {k: v for k, v in protocol.as_dict().items() if k not in NOT_DEFINING
+             and not (k in UNSET_OMITTED and v is None)}
     out = {"dataset": dataset, "features": features, "feature_hashes": feature_hashes,
            "test_corruption": test_corruption, "fusion": fusion, "protocol": proto,
            "hyper": hyper, "preset": preset}

@@ -26,13 +26,15 @@ def make_store(path: str | Path, *, n_train: int = 300, n_test: int = 100, dims:
                signal: float | Sequence[float] = 1.0, proportions: Sequence[float] = MER2024_PROPORTIONS,
                dataset: str = "synth", seed: int = 0, valence: bool = True, dtype: str = "float16",
                corruptions: Sequence[str] = ("clean",), groups: int = 0, official: bool = False,
-               test_labels: bool = True) -> FeatureStore:
+               test_labels: bool = True, seq_steps: int | None = None) -> FeatureStore:
     """Build (or extend) a store with one dataset of `n_train` training and `n_test` test samples.
 
     dims: encoder name -> (modality, dim). signal: planted strength (one per encoder or one for all).
     Subsets: train (+ val when `official`, carved out of the train rows) and test1. groups > 0 adds that
     many groups (sessions) over all rows. corruptions other than 'clean' get the same features plus noise.
-    test_labels=False leaves test1 unlabelled (predict-only).
+    test_labels=False leaves test1 unlabelled (predict-only). seq_steps: also store frame-level features (`seq`,
+    cap `seq_steps`): each sample gets 2..2*seq_steps frames (longer ones are pooled by the store), the planted
+    signal on a random run of frames, and `utt` is the mean of its frames.
     """
     dims = dims or {"audio-a": ("audio", 24), "text-t": ("text", 32), "video-v": ("visual", 16)}
     rng = np.random.default_rng(seed)
@@ -69,11 +71,31 @@ def make_store(path: str | Path, *, n_train: int = 300, n_test: int = 100, dims:
         centres = erng.normal(0, 1, (len(p), d)).astype(np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True) / np.sqrt(d) * 1.0
         x = erng.normal(0, 1, (n, d)).astype(np.float32) + s * centres[y_all] / np.sqrt(d) * 4.0
+        frames = _frames(erng, x, seq_steps) if seq_steps else None
+        if frames is not None:
+            x = np.stack([f.mean(0) for f in frames])
         for cor in corruptions:
-            xc = x if cor == "clean" else x + erng.normal(0, 1.0, x.shape).astype(np.float32)
+            extra = (lambda a: a) if cor == "clean" else (lambda a: a + erng.normal(0, 1.0, a.shape).astype(np.float32))
+            fr = None if frames is None else [extra(f) for f in frames]
+            xc = x if cor == "clean" else (np.stack([f.mean(0) for f in fr]) if fr is not None else extra(x))
             key = KeyName(dataset, enc, cor)
-            spec = {"synthetic": enc, "dim": d, "modality": modality, "corruption": cor, "seed": seed}
+            spec = {"synthetic": enc, "dim": d, "modality": modality, "corruption": cor, "seed": seed,
+                    **({"seq_cap": seq_steps} if seq_steps else {})}
             fa = fs.create_key(key, layers=1, dim=d, dtype=dtype, spec=spec, spec_hash=spec_hash(spec),
-                               overwrite=True)
-            fa.write_rows(0, xc[:, None, :])
+                               overwrite=True, seq_cap=seq_steps)
+            fa.write_rows(0, xc[:, None, :], seq=fr)
     return fs
+
+
+def _frames(rng: np.random.Generator, x: np.ndarray, steps: int) -> list[np.ndarray]:
+    """Per sample 2..2*steps frames whose planted part (x minus its noise-free mean) sits on a random run of
+    frames, scaled so that the mean over frames equals x's signal; frame noise on top."""
+    out = []
+    for row in x:
+        t = int(rng.integers(2, 2 * steps + 1))
+        run = int(rng.integers(1, t + 1))
+        first = int(rng.integers(0, t - run + 1))
+        f = rng.normal(0, 1.0, (t, len(row))).astype(np.float32)
+        f[first:first + run] += row * (t / run) ** 0.5
+        out.append(f)
+    return out

@@ -21,6 +21,9 @@ spec.params['output']:
 - 'logits' (D = 7): the global-average-pooled classifier outputs before the softmax.
 - 'probs' (D = 7): fer's softmax probabilities.
 Face cropping is on unless spec.input['face'] is false (then whole frames are resized).
+
+Frames (`encode_frames`, frame-level keys): the per-frame vectors (one per sampled face frame, in frame
+order) whose mean is the clip vector.
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ OUTPUTS = {"embedding": None, "logits": 7, "probs": 7}
 DEFAULT_MARGIN = 0.1
 DEFAULT_FRAME_BATCH = 256
 
-__all__ = ["FEREncoder", "build", "model_path", "load_keras_cnn", "LABELS"]
+__all__ = ["FEREncoder", "build", "model_path", "load_keras_cnn", "LABELS", "frames_unavailable"]
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """Every fer entry keeps one vector per sampled frame (None)."""
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- locating
@@ -298,17 +306,28 @@ class FEREncoder:
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """Clips (uint8 [F, H, W, 3] each) -> float32 [B, 1, D], the mean of the per-frame vectors."""
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Clips -> (float32 [B, 1, D] as `encode`, per clip its per-frame vectors [F_i, D])."""
+        out, frames = self._encode(batch, frames=True)
+        return out, frames or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         if not batch:
-            return np.zeros((0, 1, self.spec.dim), np.float32)
-        grays = [self._gray(frames, i) for i, frames in enumerate(batch)]
+            return np.zeros((0, 1, self.spec.dim), np.float32), [] if frames else None
+        grays = [self._gray(clip, i) for i, clip in enumerate(batch)]
         with self._lock:
             flat = self.per_frame(np.concatenate(grays))
         out = np.empty((len(batch), 1, flat.shape[1]), np.float32)
+        seqs: list[np.ndarray] | None = [] if frames else None
         start = 0
         for i, g in enumerate(grays):
             out[i, 0] = flat[start:start + len(g)].mean(axis=0)
+            if seqs is not None:
+                seqs.append(flat[start:start + len(g)].copy())
             start += len(g)
-        return out
+        return out, seqs
 
     def provenance(self) -> dict[str, Any]:
         """Package version, model file sha256, output kind and the face pipeline."""

@@ -35,6 +35,13 @@ Whisper
 - recipe `default`: encoder hidden states of each <=30 s window (padded to 30 s as Whisper requires),
   pooled over the frames of real audio only: ceil(samples / hop) mel frames -> the encoder's conv
   output length. Longer clips run in balanced windows of at most 30 s.
+
+Frames (`encode_frames`, frame-level keys): the encoder's output frames that the utterance mean pools --
+the same layers and layer sum/mean (their mean when layers are stacked), frames made from padding left
+out -- with the windows of a clip concatenated in time order (about 50 frames a second). Recipe
+`mertools` keeps only the frames of real audio of its zero-padded last window (its utterance mean counts
+the zero tail's frames as MERTools does; a sequence does not). Whisper `default`: its encoder frames of
+real audio per window. Whisper `mertools` pools two decoder positions, not frames: it has none.
 """
 
 from __future__ import annotations
@@ -84,19 +91,31 @@ class HFAudioEncoder:
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """Encode a batch of waveforms -> float32 [B, L, D] pooled over each clip's real frames."""
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Waveforms -> (float32 [B, L, D] as `encode`, per clip its frames [T_i, D]; see the module docstring)."""
+        if self.is_whisper and self.spec.recipe == "mertools":
+            raise FeatstoreError(frames_unavailable(self.spec, whisper=True) or "")
+        utt, frames = self._encode(batch, frames=True)
+        return utt, frames or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         import torch
 
         if not batch:
-            return np.zeros((0, self.spec.n_stored_layers, self.spec.dim), dtype=np.float32)
+            empty = np.zeros((0, self.spec.n_stored_layers, self.spec.dim), dtype=np.float32)
+            return empty, [] if frames else None
         waves = [_mono(x, i) for i, x in enumerate(batch)]
+        seqs = None
         with torch.inference_mode(), hc.autocast(self.device, self.dtype):
             if self.is_whisper and self.spec.recipe == "mertools":
                 out = self._whisper_mertools(waves)
             elif self.is_whisper:
-                out = self._whisper_default(waves)
+                out, seqs = self._whisper_default(waves, frames)
             else:
-                out = self._ssl(waves)
-        return out.float().cpu().numpy().astype(np.float32, copy=False)
+                out, seqs = self._ssl(waves, frames)
+        return out.float().cpu().numpy().astype(np.float32, copy=False), seqs
 
     def provenance(self) -> dict[str, Any]:
         """Resolved model (path/id, commit, weights sha256), recipe details, package versions."""
@@ -112,31 +131,36 @@ class HFAudioEncoder:
 
     # ------------------------------------------------------------------------------------------ ssl models
 
-    def _windows(self, x: np.ndarray) -> list[np.ndarray]:
-        """Windows of one (already normalised) clip, per the recipe."""
+    def _windows(self, x: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Windows of one (already normalised) clip, per the recipe, each with its samples of real audio."""
         w = int(round(self.window_s * self.sample_rate)) if self.window_s and self.window_s > 0 else 0
         if len(x) < self.min_samples:
             x = np.pad(x, (0, self.min_samples - len(x)))
         if not w or len(x) <= w:
-            return [x]
+            return [(x, len(x))]
         if self.spec.recipe == "mertools":           # zero-pad to a multiple of w, full windows, all frames count
             n = math.ceil(len(x) / w)
-            return list(np.pad(x, (0, n * w - len(x))).reshape(n, w))
-        return [p for p in np.array_split(x, math.ceil(len(x) / w)) if len(p)]
+            real = [min(w, len(x) - k * w) for k in range(n)]
+            return list(zip(np.pad(x, (0, n * w - len(x))).reshape(n, w), real))
+        return [(p, len(p)) for p in np.array_split(x, math.ceil(len(x) / w)) if len(p)]
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
         """The feature extractor on one clip alone (so do_normalize sees the clip's own samples only)."""
         values = self.fe(x, sampling_rate=self.sample_rate, return_tensors="np").input_values
         return np.asarray(values, dtype=np.float32).reshape(-1)
 
-    def _ssl(self, waves: list[np.ndarray]) -> Any:
+    def _ssl(self, waves: list[np.ndarray], frames: bool = False) -> tuple[Any, list[np.ndarray] | None]:
         import torch
 
         jobs: list[tuple[int, np.ndarray]] = []
+        real: list[int] = []
         for i, x in enumerate(waves):
-            jobs.extend((i, win) for win in self._windows(self._normalise(x)))
+            for win, n_real in self._windows(self._normalise(x)):
+                jobs.append((i, win))
+                real.append(n_real)
         sums = torch.zeros(len(waves), self.spec.n_stored_layers, self.spec.dim, dtype=torch.float32)
         counts = torch.zeros(len(waves), dtype=torch.float32)
+        job_frames: list[Any] = [None] * len(jobs)
         budget = max(sum(len(x) for x in waves), max(len(j[1]) for j in jobs))
         for group in _sub_batches([len(j[1]) for j in jobs], budget, equal_only=self.equal_length_batches):
             lengths = [len(jobs[k][1]) for k in group]
@@ -154,11 +178,15 @@ class HFAudioEncoder:
             n_frames = _frame_lengths(self.model, lengths)
             frame_mask = torch.arange(layers.shape[2])[None, :] < torch.tensor(n_frames)[:, None]
             total, count = hc.masked_sum(layers, frame_mask)
+            if frames:      # frames of real audio only: a zero tail (recipe mertools) adds none
+                kept = _frame_lengths(self.model, [max(real[k], self.min_samples) for k in group])
+                for r, k in enumerate(group):
+                    job_frames[k] = layers[r, :, :min(n_frames[r], kept[r])].mean(dim=0).float().cpu()
             for r, k in enumerate(group):
                 i = jobs[k][0]
                 sums[i] += total[r].float().cpu()
                 counts[i] += float(count[r])
-        return sums / counts.clamp(min=1)[:, None, None]
+        return sums / counts.clamp(min=1)[:, None, None], _per_clip(jobs, job_frames, len(waves)) if frames else None
 
     # ------------------------------------------------------------------------------------------ whisper
 
@@ -180,7 +208,7 @@ class HFAudioEncoder:
             out.append(layers.float().mean(dim=2).cpu())
         return torch.cat(out)
 
-    def _whisper_default(self, waves: list[np.ndarray]) -> Any:
+    def _whisper_default(self, waves: list[np.ndarray], frames: bool = False) -> tuple[Any, list[np.ndarray] | None]:
         import torch
 
         w = int(round(self.window_s * self.sample_rate))
@@ -193,6 +221,7 @@ class HFAudioEncoder:
         encoder = self.model.get_encoder()
         sums = torch.zeros(len(waves), self.spec.n_stored_layers, self.spec.dim, dtype=torch.float32)
         counts = torch.zeros(len(waves), dtype=torch.float32)
+        job_frames: list[Any] = [None] * len(jobs)
         for group in _chunks(len(jobs), max(1, int(self.spec.params.get("whisper_batch", 16)))):
             feats = self._features([jobs[k][1] for k in group])
             hidden = encoder(feats, output_hidden_states=True).hidden_states
@@ -205,7 +234,9 @@ class HFAudioEncoder:
                 i = jobs[k][0]
                 sums[i] += total[r].float().cpu()
                 counts[i] += float(count[r])
-        return sums / counts.clamp(min=1)[:, None, None]
+                if frames:
+                    job_frames[k] = layers[r, :, :int(n_frames[r])].mean(dim=0).float().cpu()
+        return sums / counts.clamp(min=1)[:, None, None], _per_clip(jobs, job_frames, len(waves)) if frames else None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -260,6 +291,24 @@ def _frame_lengths(model: Any, lengths: list[int]) -> list[int]:
         except TypeError:
             out = fn(t)
     return [int(v) for v in out]
+
+
+def frames_unavailable(spec: EncoderSpec, *, whisper: bool = False) -> str | None:
+    """Why this entry has no frames (None: it has). Whisper under recipe mertools (known once the model loads)."""
+    if whisper and spec.recipe == "mertools":
+        return ("recipe mertools pools Whisper's two decoder positions, not audio frames, so it has no frame-level "
+                "features (an entry with recipe default keeps Whisper's encoder frames)")
+    return None
+
+
+def _per_clip(jobs: list[tuple[int, np.ndarray]], job_frames: list[Any], n: int) -> list[np.ndarray]:
+    """Each clip's window frames concatenated in window order: float32 [T_i, D] per clip."""
+    import torch
+
+    parts: list[list[Any]] = [[] for _ in range(n)]
+    for (i, _), f in zip(jobs, job_frames):
+        parts[i].append(f)
+    return [torch.cat(p).numpy().astype(np.float32, copy=False) for p in parts]
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:
@@ -342,6 +391,9 @@ def build(spec: EncoderSpec, model: str | None = None, device: str = "cpu", *,
     if int(getattr(fe, "sampling_rate", rate)) != rate:
         raise FeatstoreError(f"encoder {spec.name}: the model expects {fe.sampling_rate} Hz audio but the catalog "
                              f"says sample_rate {rate}")
+    if spec.seq_cap and is_whisper and frames_unavailable(spec, whisper=True):
+        raise FeatstoreError(f"encoder {spec.name}: {frames_unavailable(spec, whisper=True)}; build it at utterance "
+                             f"level (without --level frame)")
     if is_whisper and spec.recipe == "mertools" and getattr(config, "decoder_start_token_id", None) is None:
         raise FeatstoreError(f"encoder {spec.name}: recipe mertools needs config.decoder_start_token_id")
     net.eval().to(device)

@@ -24,6 +24,11 @@ Input: strings (None reads as ""). Output: float32 [B, L, D], the chosen hidden 
   truncated; the added special tokens are kept.
 - CPU: float32 weights. CUDA: weights loaded in params.dtype (default bfloat16, as MERTools runs LLMs
   in half precision), params.device_map (e.g. 'auto', needs `accelerate`) spreads big models.
+- Tokens (`encode_frames`, frame-level keys): per text the hidden states of its real tokens without the
+  tokens the tokenizer adds (found as the mertools recipe finds them), same layers and layer sum/mean as
+  the utterance vector (their mean when layers are stacked), in order. Under recipe mertools their mean is
+  the utterance vector; recipe default's utterance mean also counts the added tokens. A text with no token
+  of its own gets no tokens (the build records it).
 """
 
 from __future__ import annotations
@@ -42,7 +47,12 @@ PROBE = "今天天气真好 hello world"   # MERTools' probe sentence, plus Lati
 AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM")
 HIDDEN_LAYOUTS = ("batch-first", "seq-first")
 
-__all__ = ["HFTextEncoder", "build", "added_token_counts"]
+__all__ = ["HFTextEncoder", "build", "added_token_counts", "frames_unavailable"]
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """Every hf-text entry can keep its tokens (None)."""
+    return None
 
 
 def added_token_counts(tokenizer: Any) -> tuple[int, int] | None:
@@ -81,22 +91,32 @@ class HFTextEncoder:
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """Encode a batch of strings -> float32 [B, L, D]."""
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Strings -> (float32 [B, L, D] as `encode`, per text its tokens [T_i, D]; see the module docstring)."""
+        utt, tokens = self._encode(batch, frames=True)
+        return utt, tokens or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         import torch
 
         L, D = self.spec.n_stored_layers, self.spec.dim
         out = np.zeros((len(batch), L, D), dtype=np.float32)
+        tokens: list[np.ndarray] | None = [np.zeros((0, D), np.float32) for _ in batch] if frames else None
         if not batch:
-            return out
+            return out, tokens
         texts = ["" if t is None else str(t) for t in batch]
         enc = self.tokenizer(texts, padding=True, truncation=self.max_tokens is not None, max_length=self.max_tokens,
                              return_tensors="pt", return_special_tokens_mask=self.added is None)
         _right_align(enc)
         attn = enc["attention_mask"].bool()
         lengths = attn.sum(dim=1)
-        keep = self._content_mask(enc, attn, lengths)
-        rows = [i for i in range(len(texts)) if bool(keep[i].any()) and int(lengths[i]) > 0]
+        keep = self._content_mask(enc, attn, lengths, drop_added=self.spec.recipe == "mertools")
+        own = self._content_mask(enc, attn, lengths, drop_added=True) if frames else keep
+        rows = [i for i in range(len(texts)) if bool(keep[i].any()) and int(lengths[i]) > 0]   # own is within keep
         if not rows:                                   # nothing to encode: MERTools writes zeros
-            return out
+            return out, tokens
         t_max = int(lengths[rows].max())
         dev = self._input_device()
         inputs: dict[str, Any] = {"input_ids": enc["input_ids"][rows, :t_max].to(dev),
@@ -115,14 +135,18 @@ class HFTextEncoder:
                 pooled = layers[torch.arange(len(rows), device=layers.device), :, pos.to(layers.device)]
             else:
                 pooled = hc.masked_mean(layers, keep[rows, :t_max])
+            if tokens is not None:
+                per_token = layers.mean(dim=1).float().cpu()                   # [b, T, D]
+                for r, i in enumerate(rows):
+                    tokens[i] = per_token[r, own[i, :t_max]].numpy()
         out[rows] = pooled.float().cpu().numpy()
-        return out
+        return out, tokens
 
-    def _content_mask(self, enc: Any, attn: Any, lengths: Any) -> Any:
-        """Tokens that enter the mean: real tokens (default), minus the added special ones (mertools)."""
+    def _content_mask(self, enc: Any, attn: Any, lengths: Any, drop_added: bool) -> Any:
+        """Real tokens (drop_added False: recipe default's mean), or minus the added special ones (mertools, tokens)."""
         import torch
 
-        if self.spec.recipe != "mertools":
+        if not drop_added:
             return attn
         if self.added is None:                          # probe failed: drop every token the tokenizer marks special
             return attn & ~enc["special_tokens_mask"].bool()

@@ -21,6 +21,13 @@ once to an HF folder with featstore.encoders.videomae_convert.convert(ckpt, out_
 
 Batching: the segments of all clips are run together and split back; a segment's vector depends
 only on its frames, so a batch equals one clip at a time (up to float rounding).
+
+Frames (`encode_frames`, frame-level keys): token groups, one step per tubelet of each segment (VideoMAE
+embeds tubelet_size = 2 consecutive frames per token, so a 16-frame segment gives 8 steps): the mean over
+that time step's patch tokens (MERTools' `view(T', patches, D).mean(1)`, before its mean over T'; layers
+averaged when stacked). Segments follow each other in time order (when F > num_frames they overlap, so
+some frames appear in two steps); steps made only of the repeated last frame of a short clip are dropped.
+The mean of a segment's steps is its segment vector.
 """
 
 from __future__ import annotations
@@ -39,7 +46,12 @@ from featstore.errors import FeatstoreError
 
 DEFAULT_SEGMENT_BATCH = 8
 
-__all__ = ["HFVideoEncoder", "build", "segment_indices"]
+__all__ = ["HFVideoEncoder", "build", "segment_indices", "frames_unavailable"]
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """Every hf-video entry keeps its tubelet time steps (None)."""
+    return None
 
 
 def segment_indices(n_frames: int, clip_len: int) -> list[list[int]]:
@@ -62,13 +74,15 @@ class HFVideoEncoder(_FrameEncoder):
         self.spec, self.path_or_id, self.revision = spec, path_or_id, revision
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
         self.clip_len = int(model.config.num_frames)
+        self.tubelet = int(getattr(model.config, "tubelet_size", 1) or 1)
         self.face = facemod.face_options(spec.input.get("face"), default_size=_processor_size(processor))
         self.segment_batch = max(1, int(spec.params.get("segment_batch", DEFAULT_SEGMENT_BATCH)))
         self._lock = threading.Lock()
         self._provenance: dict[str, Any] | None = None
 
-    def _segment_vectors(self, segments: list[np.ndarray]) -> Any:
-        """[n segments of clip_len frames] -> [n, L, D]: the mean over all tokens of the chosen layers."""
+    def _segment_vectors(self, segments: list[np.ndarray], steps: bool = False) -> tuple[Any, Any]:
+        """[n segments of clip_len frames] -> ([n, L, D]: the mean over all tokens of the chosen layers,
+        and with `steps` [n, T', D]: per tubelet time step the mean over its patch tokens and over L)."""
         from PIL import Image
 
         videos = [[Image.fromarray(np.ascontiguousarray(f)) for f in seg] for seg in segments]
@@ -76,30 +90,53 @@ class HFVideoEncoder(_FrameEncoder):
         with hc.autocast(self.device, self.dtype):
             out = self.model(pixel_values=px, output_hidden_states=True)
         hidden = tuple(out.hidden_states[:-1]) + (out.last_hidden_state,)
-        return hc.select_layers(hidden, self.spec).mean(dim=2)
+        layers = hc.select_layers(hidden, self.spec)                           # [n, L, tokens, D]
+        per_step = None
+        if steps:
+            n, n_layers, tokens, dim = layers.shape
+            t_steps = max(1, self.clip_len // self.tubelet)
+            if tokens % t_steps:
+                raise FeatstoreError(f"encoder {self.spec.name}: {tokens} tokens per segment do not split into "
+                                     f"{t_steps} time steps of tubelet {self.tubelet}")
+            per_step = layers.reshape(n, n_layers, t_steps, tokens // t_steps, dim).mean(dim=3).mean(dim=1)
+        return layers.mean(dim=2), per_step
 
-    def encode(self, batch: list[Any]) -> np.ndarray:
-        """Clips in, float32 [B, L, D] out: the mean over each clip's segments."""
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Clips in, float32 [B, L, D] out: the mean over each clip's segments (and per clip its steps [T_i, D])."""
         import torch
 
         if not batch:
-            return np.zeros((0, self.spec.n_stored_layers, self.spec.dim), np.float32)
+            return np.zeros((0, self.spec.n_stored_layers, self.spec.dim), np.float32), [] if frames else None
         clips = [self._clip(x, i) for i, x in enumerate(batch)]
         segments: list[np.ndarray] = []
         owner: list[int] = []
+        real_steps: list[int] = []
         for i, c in enumerate(clips):
             for idx in segment_indices(len(c), self.clip_len):
                 segments.append(c[idx])
                 owner.append(i)
+                real_steps.append(math.ceil(min(len(c), self.clip_len) / self.tubelet))
+        vec_parts, step_parts = [], []
         with self._lock, torch.inference_mode():
-            vecs = torch.cat([self._segment_vectors(segments[s:s + self.segment_batch]).float().cpu()
-                              for s in range(0, len(segments), self.segment_batch)])
+            for s in range(0, len(segments), self.segment_batch):
+                vecs_s, steps_s = self._segment_vectors(segments[s:s + self.segment_batch], steps=frames)
+                vec_parts.append(vecs_s.float().cpu())
+                if frames:
+                    step_parts.append(steps_s.float().cpu())
+        vecs = torch.cat(vec_parts)
         out = np.zeros((len(clips), vecs.shape[1], vecs.shape[2]), np.float32)
         counts = np.zeros(len(clips))
         for k, i in enumerate(owner):
             out[i] += vecs[k].numpy()
             counts[i] += 1
-        return (out / counts[:, None, None]).astype(np.float32)
+        seqs = None
+        if frames:
+            steps = torch.cat(step_parts)
+            parts: list[list[np.ndarray]] = [[] for _ in clips]
+            for k, i in enumerate(owner):
+                parts[i].append(steps[k, :real_steps[k]].numpy())
+            seqs = [np.concatenate(p).astype(np.float32, copy=False) for p in parts]
+        return (out / counts[:, None, None]).astype(np.float32), seqs
 
     def provenance(self) -> dict[str, Any]:
         """Resolved model (path/id, commit, weights sha256), segmenting, processor, face pipeline, versions."""

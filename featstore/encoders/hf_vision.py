@@ -29,6 +29,9 @@ Pooling (per frame):
 Batching: the frames of all clips in a batch are concatenated, run in chunks, and split back per
 clip. A frame's vector depends only on that frame (images are resized to one size, no padding),
 so a batch gives the same result as one clip at a time (up to float rounding).
+
+Frames (`encode_frames`, frame-level keys): one vector per sampled (face) frame, the per-frame vector
+the clip mean averages (the mean of its layers when layers are stacked), in frame order.
 """
 
 from __future__ import annotations
@@ -49,7 +52,12 @@ TIMM_HINT = ("needs the optional package timm (pip install timm); timm requires 
              "wheels do not load beside the CPU torch build used here, so this encoder is unavailable in "
              "this environment -- bring its features with `featstore import mertools DIR` instead")
 
-__all__ = ["HFVisionEncoder", "TimmVisionEncoder", "build", "clip_frames"]
+__all__ = ["HFVisionEncoder", "TimmVisionEncoder", "build", "clip_frames", "frames_unavailable"]
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """Every hf-vision entry keeps one vector per sampled frame (None)."""
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -90,10 +98,18 @@ class _FrameEncoder:
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """Clips in, float32 [B, L, D] out: the mean over each clip's frames of the per-frame vectors."""
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Clips in: (float32 [B, L, D] as `encode`, per clip its per-frame vectors [F_i, D], layers averaged)."""
+        out, frames = self._encode(batch, frames=True)
+        return out, frames or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         import torch
 
         if not batch:
-            return np.zeros((0, self.spec.n_stored_layers, self.spec.dim), np.float32)
+            return np.zeros((0, self.spec.n_stored_layers, self.spec.dim), np.float32), [] if frames else None
         clips = [self._clip(x, i) for i, x in enumerate(batch)]
         flat = [f for c in clips for f in c]
         with self._lock, torch.inference_mode():
@@ -101,11 +117,14 @@ class _FrameEncoder:
                      for s in range(0, len(flat), self.frame_batch)]
         vecs = torch.cat(parts)                                      # [sum F, L, D]
         out = np.empty((len(clips), vecs.shape[1], vecs.shape[2]), np.float32)
+        seqs: list[np.ndarray] | None = [] if frames else None
         start = 0
         for i, c in enumerate(clips):
             out[i] = vecs[start:start + len(c)].mean(dim=0).numpy()
+            if seqs is not None:
+                seqs.append(vecs[start:start + len(c)].mean(dim=1).numpy())
             start += len(c)
-        return out
+        return out, seqs
 
 
 # ---------------------------------------------------------------------------------------------- transformers

@@ -2,6 +2,11 @@
 
 The SMILExtract binary bundled with the `opensmile` package is under audEERING's research licence:
 free for research and other non-commercial use only (the Python wrapper itself is MIT).
+
+Frames: functionals are one vector per clip and have no frames. An entry at a low-level-descriptor level
+(feature_level LowLevelDescriptors or LowLevelDescriptors_Deltas, e.g. `egemaps-lld`: eGeMAPS v02's 25
+LLDs every 10 ms) is another feature set: its utterance vector is the mean of its LLD frames, and
+`encode_frames` keeps the frames themselves.
 """
 
 from __future__ import annotations
@@ -19,11 +24,25 @@ from featstore.errors import FeatstoreError
 LICENCE_NOTE = ("openSMILE binary: audEERING research licence -- free for research and other non-commercial "
                 "use only; commercial use (including features in products) needs a licence from audEERING")
 
-__all__ = ["OpenSmileEncoder", "build", "LICENCE_NOTE"]
+LLD_LEVELS = ("LowLevelDescriptors", "LowLevelDescriptors_Deltas")
+
+__all__ = ["OpenSmileEncoder", "build", "LICENCE_NOTE", "frames_unavailable"]
+
+
+def _is_lld(spec: EncoderSpec) -> bool:
+    return spec.params.get("feature_level") in LLD_LEVELS
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """None for low-level-descriptor entries; functionals (one vector per clip) have no frames."""
+    if _is_lld(spec):
+        return None
+    return ("openSMILE functionals are one vector per clip and have no frames (a low-level-descriptor entry "
+            "such as egemaps-lld keeps LLD frames)")
 
 
 class OpenSmileEncoder:
-    """openSMILE functionals: float32 audio [T] in, float32 [B, 1, spec.dim] out.
+    """openSMILE functionals (or the mean of LLD frames): float32 audio [T] in, float32 [B, 1, spec.dim] out.
 
     `encode` does not know sample ids, so it does not judge values: a row may hold NaN/Inf (openSMILE
     fills a too-short or degenerate segment with NaN). The caller (the build) checks
@@ -35,6 +54,7 @@ class OpenSmileEncoder:
         self.smile = smile
         self.sample_rate = int(spec.input.get("sample_rate", 16000))
         self.config_path = config_path
+        self.lld = _is_lld(spec)
         self._provenance: dict[str, Any] | None = None
 
     def encode(self, batch: list[Any]) -> np.ndarray:
@@ -42,26 +62,41 @@ class OpenSmileEncoder:
 
         Samples are clipped to [-1, 1) first: openSMILE converts to int16 and would wrap around.
         An empty waveform gives a NaN row (see the class docstring: the caller checks finiteness).
+        LLD entries: the mean over the clip's LLD frames.
         """
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """LLD entries: ([B, 1, D] as `encode`, per clip its LLD frames [T_i, D]; [0, D] for an empty clip)."""
+        if not self.lld:
+            raise FeatstoreError(f"encoder {self.spec.name}: {frames_unavailable(self.spec)}")
+        out, frames = self._encode(batch, frames=True)
+        return out, frames or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         out = np.full((len(batch), 1, self.spec.dim), np.nan, dtype=np.float32)
+        seqs: list[np.ndarray] | None = [] if frames else None
         for i, x in enumerate(batch):
             signal = np.asarray(x, dtype=np.float32)
             if signal.ndim == 2 and 1 in signal.shape:
                 signal = signal.reshape(-1)
             if signal.ndim != 1:
                 raise ValueError(f"opensmile encoder: expected mono audio [T], got shape {signal.shape}")
-            if signal.size == 0:
-                continue
-            signal = np.clip(signal, -1.0, 32767 / 32768)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")       # "Segment too short, filling with NaN": the caller checks rows
-                values = np.asarray(self.smile.process_signal(signal, self.sample_rate).to_numpy(), dtype=np.float32)
-            if values.shape != (1, self.spec.dim):
-                raise FeatstoreError(f"encoder {self.spec.name}: openSMILE returned {values.shape[0]} rows x "
-                                     f"{values.shape[1]} features; expected one functionals row of {self.spec.dim} "
-                                     f"(is feature_level a functionals level?)")
-            out[i, 0] = values[0]
-        return out
+            values = np.zeros((0, self.spec.dim), np.float32)
+            if signal.size:
+                signal = np.clip(signal, -1.0, 32767 / 32768)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # "Segment too short, filling with NaN": the caller checks rows
+                    values = np.asarray(self.smile.process_signal(signal, self.sample_rate).to_numpy(), dtype=np.float32)
+                if values.shape[1:] != (self.spec.dim,) or (not self.lld and len(values) != 1):
+                    raise FeatstoreError(f"encoder {self.spec.name}: openSMILE returned {values.shape[0]} rows x "
+                                         f"{values.shape[1]} features; expected {'LLD frames' if self.lld else 'one functionals row'} "
+                                         f"of {self.spec.dim} (is feature_level a {'LLD' if self.lld else 'functionals'} level?)")
+                if len(values):
+                    out[i, 0] = values.mean(axis=0) if self.lld else values[0]
+            if seqs is not None:
+                seqs.append(values)
+        return out, seqs
 
     def provenance(self) -> dict[str, Any]:
         """opensmile version, feature set/level, config file and its sha256, and the licence note."""

