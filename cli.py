@@ -993,7 +993,12 @@ def trainer_predict_cmd(
     from trainer.data import load_features
     from trainer.fit import run_experiment
     from trainer.predict import predict_split, write_submission
+    from trainer.models import model_level
 
+    if model_level(fusion) == "seq":   # before any training
+        raise FeatstoreError(f"trainer predict streams utterance vectors from the store; sequence model '{fusion}' "
+                             f"is not supported there yet: use an utterance-level fusion, or `trainer run "
+                             f"--save-predictions DIR` when the split is one of the dataset's test splits")
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
     fs = _open(store, read_only=True)

@@ -16,24 +16,34 @@ from trainer.fit import run_experiment
 from trainer.models import build_model, model_class
 from trainer.models.base import ModelSpec
 from trainer.models.graph_mfn import DynamicFusionGraph
-from trainer.models.layers import length_key
-from trainer.models.mctn import translation_order
+from trainer.models.layers import anchor_order, length_key
 from trainer.optim import BatchedAdam
 from trainer.protocol import Protocol, ProtocolError
 from trainer.synthetic import make_store
 
-SEQ_MODELS = ["mfn", "graph_mfn", "mctn"]
+SEQ_MODELS = ["mfn", "graph_mfn", "mctn", "mfm"]
 DIMS = {"a": 6, "t": 5, "v": 4}
 ENCS = dict(audio="audio-a", text="text-t", video="video-v")
+# MFM's discriminative path is six layers deep behind its MFN (as MERTools'): it learns, only slower -- a
+# lighter prior term and 60 steps for its overfit, 30 epochs in the trainer
+OVERFIT_OPTIONS = {"mfm": {"lda_mmd": 1.0}}
+OVERFIT_STEPS = {"mfm": 60}
+TRAINER_EPOCHS = {"mfm": 30}
+
+
+MODALITIES = ("audio", "text", "visual")
 
 
 def spec(K: int = 2, dropout: float = 0.1, dims: dict[str, int] | None = None, seed: int = 5,
-         n_valence: int = 1) -> ModelSpec:
+         n_valence: int = 1, modalities: bool = True) -> ModelSpec:
+    """Branches a, t, v (audio, text, visual) or b0, b1, ... (audio, text, visual, audio, ...)."""
     dims = dims or DIMS
+    named = {k: {"a": "audio", "t": "text", "v": "visual"}.get(k, MODALITIES[i % 3]) for i, k in enumerate(dims)}
     return ModelSpec(branches={k: (k,) for k in dims}, dims=dims, n_classes=3, n_valence=n_valence, hidden=16,
                      dropout=[dropout] * K,
                      init_generators=[torch.Generator().manual_seed(seed + k) for k in range(K)],
-                     drop_generators=[torch.Generator().manual_seed(10 * seed + k) for k in range(K)])
+                     drop_generators=[torch.Generator().manual_seed(10 * seed + k) for k in range(K)],
+                     modalities=named if modalities else None)
 
 
 def inputs(K: int = 2, n: int = 5, T: int = 4, pad: int = 0, dims: dict[str, int] | None = None,
@@ -103,10 +113,10 @@ def test_padding_steps_change_nothing(name: str) -> None:
 def test_each_model_overfits_a_tiny_set(name: str) -> None:
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(0))
     x = inputs(2, n=32, signal=y)
-    m = build_model(name, spec(2, dropout=0.1, n_valence=0)).train()
+    m = build_model(name, spec(2, dropout=0.1, n_valence=0), **OVERFIT_OPTIONS.get(name, {})).train()
     opt = BatchedAdam(list(m.parameters()), [1e-2, 1e-2], [0.0, 0.0])
     ce_curve, aux_curve = [], []
-    for _ in range(30):
+    for _ in range(OVERFIT_STEPS.get(name, 30)):
         out = m(x)
         ce = F.cross_entropy(out["emotion"].reshape(-1, 3), y.repeat(2))
         loss = ce + (out["aux_loss"].sum() if "aux_loss" in out else 0.0)
@@ -128,7 +138,8 @@ def test_k_models_together_equal_each_alone(name: str) -> None:
     for k in range(3):
         s = spec(3)
         alone_spec = ModelSpec(branches=s.branches, dims=s.dims, n_classes=3, n_valence=1, hidden=16, dropout=[0.1],
-                               init_generators=[s.init_generators[k]], drop_generators=[s.drop_generators[k]])
+                               init_generators=[s.init_generators[k]], drop_generators=[s.drop_generators[k]],
+                               modalities=s.modalities)
         alone = build_model(name, alone_spec).train()({n: v[k:k + 1] for n, v in x.items()})
         for key in together:   # same init, dropout masks and teacher-forcing draws
             assert torch.allclose(alone[key][0], together[key][k], atol=1e-6), (key, k)
@@ -148,11 +159,12 @@ def test_unaligned_input_is_refused(name: str, store) -> None:  # noqa: ANN001
 def test_runs_in_the_trainer_and_learns(name: str, store) -> None:  # noqa: ANN001
     f = load_features(store, "synth", **ENCS, level="seq", aligned=True)
     seen: list[float] = []
-    r = run_experiment(f, name, Protocol(folds="cv2", epochs=10, lr=3e-3, hidden=32, dropout=0.1, mode="strict",
+    epochs = TRAINER_EPOCHS.get(name, 10)
+    r = run_experiment(f, name, Protocol(folds="cv2", epochs=epochs, lr=3e-3, hidden=32, dropout=0.1, mode="strict",
                                           batch_size=16),
                        {"mem_dim": 32} if name != "mctn" else {"source": "text-t"},
                        progress=lambda ev, info: seen.append(info["best"]) if ev == "epoch" else None)
-    assert len(seen) == 10
+    assert len(seen) == epochs
     test = next(d for d in r.summary() if d["split"] == "test1")
     assert test["waf_mean"] > 0.45, test          # six imbalanced classes: chance WAF is about 0.15
 
@@ -233,13 +245,14 @@ def test_mctn_predicts_from_the_source_alone() -> None:
 
 
 def test_mctn_source_is_the_first_text_branch() -> None:
-    s = spec(1)
-    assert translation_order(s, None) == [0, 1, 2]            # modality unknown: the first branch
-    assert translation_order(s, "t") == [1, 0, 2]
+    assert anchor_order(spec(1), None, "mctn", "source") == [1, 0, 2]       # the trainer's modalities: t is text
+    s = spec(1, modalities=False)
+    assert anchor_order(s, None, "mctn", "source") == [0, 1, 2]            # modality unknown: the first branch
+    assert anchor_order(s, "t", "mctn", "source") == [1, 0, 2]
     named = ModelSpec(**{**s.__dict__, "branches": {"egemaps": ("egemaps",), "minilm-l6": ("minilm-l6",),
                                                     "videomae-base": ("videomae-base",)},
                          "dims": {"egemaps": 6, "minilm-l6": 5, "videomae-base": 4}})
-    assert translation_order(named, None) == [1, 0, 2]        # the catalog says minilm-l6 is text
+    assert anchor_order(named, None, "mctn", "source") == [1, 0, 2]        # the catalog says minilm-l6 is text
 
 
 def test_mctn_aux_loss_ignores_padding_rows_and_follows_its_options() -> None:
@@ -258,3 +271,36 @@ def test_mctn_aux_loss_ignores_padding_rows_and_follows_its_options() -> None:
     assert torch.allclose(aux(x, loss_weight=1.0), 2 * aux(x, loss_weight=0.5))
     assert float(aux(x, loss_weight=0.0)) == 0.0
     assert not torch.allclose(aux(x, teacher_forcing_ratio=0.0), aux(x, teacher_forcing_ratio=1.0))
+
+
+# ---------------------------------------------------------------------------------------------- MFM
+def test_mfm_aux_loss_ignores_padding_rows_and_weighs_each_modality() -> None:
+    x = inputs(1, n=6)
+    w = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]])
+
+    def aux(inp: dict[str, torch.Tensor], **options: float) -> torch.Tensor:
+        m = build_model("mfm", spec(1, dropout=0.0), **options).train()
+        m.row_weight = w
+        return m(inp)["aux_loss"]
+
+    moved = {k: v.clone() for k, v in x.items()}
+    for b in DIMS:
+        moved[b][:, 4:] = torch.randn_like(moved[b][:, 4:])      # padding rows (weight 0) change
+    assert torch.allclose(aux(x), aux(moved))
+    none = dict(lda_xl=0.0, lda_xa=0.0, lda_xv=0.0)
+    assert float(aux(x, lda_mmd=0.0, **none)) == 0.0
+    mmd = aux(x, **none)                                          # the prior term alone
+    assert torch.allclose(aux(x, lda_mmd=20.0, **none), 2 * mmd, rtol=1e-5) and float(mmd.detach()) > 0
+    text = aux(x, **{**none, "lda_xl": 1.0}) - mmd                 # branch t's reconstruction alone
+    assert float(text.detach()) > 0
+    assert torch.allclose(aux(x, lda_x=1.0) - mmd, text + aux(x, **{**none, "lda_xa": 1.0}) - mmd
+                          + aux(x, **{**none, "lda_xv": 1.0}) - mmd, rtol=1e-4)
+    assert "aux_loss" not in build_model("mfm", spec(1)).eval()(x)
+
+
+def test_mfm_needs_a_weight_for_a_branch_of_unknown_modality() -> None:
+    with pytest.raises(ProtocolError, match="mfm: the modality of branch 'a' is unknown.*pass lda_x"):
+        build_model("mfm", spec(1, modalities=False))
+    assert build_model("mfm", spec(1, modalities=False), lda_x=0.5).eval()(inputs(1))["emotion"].shape == (1, 5, 3)
+    with pytest.raises(ProtocolError, match=r"mfm: lda_xv must be a number >= 0, got -1"):
+        build_model("mfm", spec(1), lda_xv=-1)

@@ -182,3 +182,35 @@ def test_model_options_reach_the_fusion(store: str, tmp_path: Path) -> None:
     assert _json(trainer(*base, "--model-option", "rank=3"))["config"]["rank"] == 3
     assert "does not take option" in trainer(*base, "--model-option", "subnet=8", code=1)
     assert "expected KEY=VALUE" in trainer(*base, "--model-option", "rank", code=1)
+
+
+def test_the_model_registry_drives_the_fusion_choices(store: str, tmp_path: Path) -> None:
+    from trainer.models import MODELS, register
+    from trainer.models.lf_dnn import LateFusionDNN
+
+    listed = _json(trainer("fusions", "--json"))
+    assert sorted(listed) == available_models()
+    assert {f: listed[f]["level"] for f in ("mult", "mfm", "misa")} == {"mult": "seq", "mfm": "seq", "misa": "utt"}
+    assert all(set(v["space"]) >= {"hidden", "lr", "dropout"} for v in listed.values() if v["space"])
+
+    @register("my_fusion")
+    class MyFusion(LateFusionDNN):
+        """A fusion registered by a test: one file's decorator is all it takes."""
+
+    try:
+        assert "my_fusion" in _json(trainer("fusions", "--json"))
+        out = _json(trainer("run", "--store", store, "--dataset", "synth", "--audio", "a1", "--video", "v1",
+                            "--fusion", "my_fusion", "--epochs", "1", "--folds", "cv3",
+                            "--results", str(tmp_path / "r.sqlite"), "--json"))
+        assert out["fusion"] == "my_fusion"
+    finally:
+        del MODELS["my_fusion"]
+    assert "did you mean my_fusion" not in trainer("run", "--store", store, "--dataset", "synth", "--audio", "a1",
+                                                   "--fusion", "my_fusion", code=1)
+
+
+def test_predict_refuses_a_sequence_model_before_training(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    err = trainer("predict", "--store", store, "--dataset", "synth", "--split", "test1", "--out", str(out),
+                  "--audio", "a1", "--video", "v1", "--fusion", "mfn", code=1)
+    assert "sequence model 'mfn' is not supported there yet" in err and not out.exists()

@@ -206,7 +206,8 @@ class _GroupTrainer:
                          dims={k: f.dim for k, f in fs.features.items()}, n_classes=n_classes,
                          n_valence=1 if has_valence else 0, hidden=int(jobs[0].hyper["hidden"]),
                          dropout=[j.hyper["dropout"] for j in jobs], init_generators=self.init_gens,
-                         drop_generators=self.drop_gens, device=device)
+                         drop_generators=self.drop_gens, device=device,
+                         modalities={b.name: b.modality for b in fs.branches})
         try:
             self.model = build_model(fusion, spec, **jobs[0].options)
         except TypeError as exc:

@@ -43,6 +43,7 @@ class ModelSpec:
     init_generators: Sequence[torch.Generator]   # per model, CPU
     drop_generators: Sequence[torch.Generator]   # per model, on `device`
     device: str | torch.device = "cpu"
+    modalities: dict[str, str] | None = None     # branch name -> audio | text | visual (None: ask the catalog)
 
     @property
     def n_models(self) -> int:
@@ -234,6 +235,34 @@ class BatchedModel(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def __call__(self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None,
+                 **kwargs: object) -> dict[str, torch.Tensor]:
+        self.check_inputs(inputs)
+        return super().__call__(inputs, masks, **kwargs)
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Every feature of every branch present, all with the same number of rows (else a ProtocolError naming
+        the feature): one row of each modality per sample, in the same order."""
+        from trainer.protocol import ProtocolError
+
+        row_dim = 3 if getattr(self, "level", "utt") == "seq" else 2     # [.., n, T, D] or [.., n, D]
+        rows: dict[str, int] = {}
+        for branch, parts in self.spec.branches.items():
+            for p in parts:
+                x = inputs.get(p)
+                if x is None:
+                    have = ", ".join(sorted(k for k in inputs if "/" not in k)) or "none"
+                    raise ProtocolError(f"fusion '{self.name}': the input has no feature '{p}' (branch '{branch}'); "
+                                        f"the model was built for {', '.join(self.spec.dims)}, the input has {have}")
+                if x.dim() < row_dim:
+                    raise ProtocolError(f"fusion '{self.name}': feature '{p}' has shape {tuple(x.shape)}, expected "
+                                        f"{'[(K,) n, T, D] frames' if row_dim == 3 else '[(K,) n, D] vectors'}")
+                rows[p] = int(x.shape[-row_dim])
+        if len(set(rows.values())) > 1:
+            listed = ", ".join(f"{p} {n}" for p, n in rows.items())
+            raise ProtocolError(f"fusion '{self.name}': the modalities hold different numbers of samples ({listed} "
+                                f"rows); every feature needs one row per sample, in the same order")
 
 
 class MLPEncoderMixin:

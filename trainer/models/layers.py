@@ -19,6 +19,7 @@ padding.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,7 +106,7 @@ class Heads(nn.Module):
         return out
 
 
-def weighted_mean(values: torch.Tensor, row_weight: torch.Tensor | None) -> torch.Tensor:
+def row_mean(values: torch.Tensor, row_weight: torch.Tensor | None) -> torch.Tensor:
     """A per-row loss [n] averaged with the trainer's row weights (padding rows weigh 0), or a plain mean."""
     if row_weight is None:
         return values.mean()
@@ -270,5 +271,51 @@ def pairwise_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a, b, reduction="none").mean(-1)
 
 
+def sequence_error(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-row mean squared error over the real steps [n] of a prediction vs its target [n, T, D]."""
+    per_step = pairwise_l2(pred, target)                     # [n, T]
+    real = time_mask(lengths, target.shape[1]).to(per_step.dtype)
+    return (per_step * real).sum(1) / lengths.clamp(min=1).to(per_step.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- options
+def number_option(model: str, name: str, value: Any, low: float, high: float | None = None) -> float:
+    """A model option as a float in [low, high] (high None: no upper bound), else a ProtocolError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not (v >= low and (high is None or v <= high)):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ProtocolError(f"{model}: {name} must be a number {bound}, got {value!r}")
+    return v
+
+
+def branch_modality(spec: ModelSpec, branch: str) -> str | None:
+    """A branch's modality (audio | text | visual): the spec's own mapping when the trainer gave one, else the
+    catalog's for its first feature's encoder (a feature is named after its encoder, '#2' etc. for repeats);
+    None when neither knows."""
+    if spec.modalities:
+        return spec.modalities.get(branch)
+    from featstore.catalog import load_catalog
+
+    enc = load_catalog().encoders.get(re.sub(r"#\d+$", "", spec.branches[branch][0]))
+    return enc.modality if enc is not None else None
+
+
+def anchor_order(spec: ModelSpec, anchor: str | None, model: str, option: str) -> list[int]:
+    """Branch indices, the anchor first: the branch named by the model's `option` (MCTN's source, MMIM's
+    anchor), else the first text branch (text anchors both papers), else the first branch."""
+    names = list(spec.branches)
+    if anchor is not None:
+        if anchor not in names:
+            raise ProtocolError(f"{model}: {option} '{anchor}' is not a branch; the branches are {', '.join(names)}")
+        first = names.index(anchor)
+    else:
+        first = next((i for i, b in enumerate(names) if branch_modality(spec, b) == "text"), 0)
+    return [first] + [i for i in range(len(names)) if i != first]
+
+
 __all__ = ["length_key", "time_mask", "masked_mean", "last_step", "run_lstm", "step_cells", "Heads",
-           "weighted_mean", "SequenceNet", "PerModelStack", "aux_term", "pairwise_l2"]
+           "row_mean", "SequenceNet", "PerModelStack", "aux_term", "pairwise_l2", "sequence_error", "number_option",
+           "branch_modality", "anchor_order"]

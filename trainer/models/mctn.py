@@ -28,7 +28,6 @@ row's length. Sequence model: K copies run one after another (trainer.models.lay
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -36,8 +35,8 @@ from torch import nn
 
 from trainer.models import register
 from trainer.models.base import ModelSpec
-from trainer.models.layers import (Heads, PerModelStack, SequenceNet, aux_term, pairwise_l2, run_lstm, time_mask,
-                                   weighted_mean)
+from trainer.models.layers import (Heads, PerModelStack, SequenceNet, anchor_order, aux_term, number_option,
+                                   row_mean, run_lstm, sequence_error, time_mask)
 from trainer.protocol import ProtocolError
 
 
@@ -95,13 +94,6 @@ class Decoder(nn.Module):
         return torch.stack(preds, dim=1)
 
 
-def sequence_error(pred: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-row mean squared error over the real steps [n] of a translation pred vs target [n, T, D]."""
-    per_step = pairwise_l2(pred, target)                     # [n, T]
-    real = time_mask(lengths, target.shape[1]).to(per_step.dtype)
-    return (per_step * real).sum(1) / lengths.clamp(min=1).to(per_step.dtype)
-
-
 class MCTNNet(SequenceNet):
     def __init__(self, dims: list[int], order: list[int], hidden: int, dropout: float, loss_weight: float,
                  forcing: float, n_classes: int, n_valence: int) -> None:
@@ -138,43 +130,8 @@ class MCTNNet(SequenceNet):
         _, z = run_lstm(self.head_lstm, h, ln)
         out = self.heads(self.linear(self.drop(z)))
         if self.training:
-            out["aux_loss"] = aux_term(self.loss_weight, weighted_mean(loss, row_weight))
+            out["aux_loss"] = aux_term(self.loss_weight, row_mean(loss, row_weight))
         return out
-
-
-def branch_modality(spec: ModelSpec, branch: str) -> str | None:
-    """A branch's modality: the spec's own mapping when it has one, else the catalog's for its first feature's
-    encoder (a feature is named after its encoder, '#2' etc. for repeats); None when neither knows."""
-    known = getattr(spec, "modalities", None)
-    if known:
-        return known.get(branch)
-    from featstore.catalog import load_catalog
-
-    enc = load_catalog().encoders.get(re.sub(r"#\d+$", "", spec.branches[branch][0]))
-    return enc.modality if enc is not None else None
-
-
-def translation_order(spec: ModelSpec, source: str | None) -> list[int]:
-    """Branch indices, source first: the `source` branch, else the first text branch, else the first branch."""
-    names = list(spec.branches)
-    if source is not None:
-        if source not in names:
-            raise ProtocolError(f"mctn: source '{source}' is not a branch; the branches are {', '.join(names)}")
-        first = names.index(source)
-    else:
-        first = next((i for i, b in enumerate(names) if branch_modality(spec, b) == "text"), 0)
-    return [first] + [i for i in range(len(names)) if i != first]
-
-
-def _number(name: str, value: Any, low: float, high: float | None) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not (v >= low and (high is None or v <= high)):
-        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise ProtocolError(f"mctn: {name} must be a number {bound}, got {value!r}")
-    return v
 
 
 @register("mctn")
@@ -188,7 +145,7 @@ class MCTN(PerModelStack):
                  teacher_forcing_ratio: float = 0.5, source: str | None = None) -> SequenceNet:
         if len(dims) < 2:
             raise ProtocolError(f"mctn: translation needs at least 2 branches (a source and a target), got {len(dims)}")
-        weight = _number("loss_weight", loss_weight, 0.0, None)
-        forcing = _number("teacher_forcing_ratio", teacher_forcing_ratio, 0.0, 1.0)
-        return MCTNNet(dims, translation_order(spec, source), spec.hidden, dropout, weight, forcing,
+        weight = number_option("mctn", "loss_weight", loss_weight, 0.0, None)
+        forcing = number_option("mctn", "teacher_forcing_ratio", teacher_forcing_ratio, 0.0, 1.0)
+        return MCTNNet(dims, anchor_order(spec, source, "mctn", "source"), spec.hidden, dropout, weight, forcing,
                        spec.n_classes, spec.n_valence)

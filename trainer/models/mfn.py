@@ -69,20 +69,28 @@ class MFNNet(SequenceNet):
     """One MFN: LSTM cells per branch, a fusion block over each step's (previous, new) states, the gated memory.
 
     fusion: a module with `width` (its output size), `reads` ('c' cell or 'h' hidden states) and
-    forward(prev, new) over the per-branch states -> [n, width] (DeltaAttention here, the DFG in Graph-MFN)."""
+    forward(prev, new) over the per-branch states -> [n, width] (DeltaAttention here, the DFG in Graph-MFN).
+    with_output=False leaves out the output MLP and heads: a network that uses only `encode` (MFM)."""
 
     def __init__(self, dims: list[int], hidden: int, mem_dim: int, dropout: float, fusion: nn.Module,
-                 n_classes: int, n_valence: int) -> None:
+                 n_classes: int, n_valence: int, with_output: bool = True) -> None:
         super().__init__()
         self.hidden = hidden
         self.cells = nn.ModuleList(nn.LSTMCell(d, hidden) for d in dims)
         self.fusion = fusion
         self.memory = GatedMemory(fusion.width, hidden, mem_dim, dropout)
-        self.out = mlp(len(dims) * hidden + mem_dim, hidden, hidden, dropout)
-        self.heads = Heads(hidden, n_classes, n_valence)
+        self.width = len(dims) * hidden + mem_dim     # the size of `encode`'s output
+        self.with_output = with_output
+        if with_output:
+            self.out = mlp(self.width, hidden, hidden, dropout)
+            self.heads = Heads(hidden, n_classes, n_valence)
 
     def forward(self, xs: list[torch.Tensor], lengths: list[torch.Tensor],
                 row_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.out(self.encode(xs, lengths)))
+
+    def encode(self, xs: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        """The final hidden state of every branch and the final memory, concatenated: [n, width]."""
         n = xs[0].shape[0]
         mem = xs[0].new_zeros(n, self.memory.mem_dim)
         prev_h = [xs[0].new_zeros(n, self.hidden) for _ in self.cells]
@@ -96,7 +104,7 @@ class MFNNet(SequenceNet):
             prev_h = new_h
 
         h, _ = step_cells(self.cells, xs, lengths, self.hidden, on_step)
-        return self.heads(self.out(torch.cat(h + [mem], dim=-1)))
+        return torch.cat(h + [mem], dim=-1)
 
 
 def check_mfn_options(name: str, n_branches: int, mem_dim: Any) -> int:
