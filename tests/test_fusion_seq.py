@@ -6,6 +6,7 @@ Tests common to every sequence model are parametrised over SEQ_MODELS (extend th
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -255,19 +256,28 @@ def test_mctn_source_is_the_first_text_branch() -> None:
     assert anchor_order(named, None, "mctn", "source") == [1, 0, 2]        # the catalog says minilm-l6 is text
 
 
-def test_mctn_aux_loss_ignores_padding_rows_and_follows_its_options() -> None:
+ROW_WEIGHT = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]])     # 4 real rows, 2 padding rows
+
+
+def aux_of(name: str) -> tuple[dict[str, torch.Tensor], Callable[..., torch.Tensor]]:
+    """Six-row inputs and aux(inputs, **options): the model's training-mode aux_loss under ROW_WEIGHT; asserts
+    first that the padding rows (weight 0) change nothing."""
     x = inputs(1, n=6)
-    w = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]])
 
     def aux(inp: dict[str, torch.Tensor], **options: float) -> torch.Tensor:
-        m = build_model("mctn", spec(1, dropout=0.0), **options).train()
-        m.row_weight = w
+        m = build_model(name, spec(1, dropout=0.0), **options).train()
+        m.row_weight = ROW_WEIGHT
         return m(inp)["aux_loss"]
 
     moved = {k: v.clone() for k, v in x.items()}
     for b in DIMS:
-        moved[b][:, 4:] = torch.randn_like(moved[b][:, 4:])      # padding rows (weight 0) change
+        moved[b][:, 4:] = torch.randn_like(moved[b][:, 4:])
     assert torch.allclose(aux(x), aux(moved))
+    return x, aux
+
+
+def test_mctn_aux_loss_ignores_padding_rows_and_follows_its_options() -> None:
+    x, aux = aux_of("mctn")
     assert torch.allclose(aux(x, loss_weight=1.0), 2 * aux(x, loss_weight=0.5))
     assert float(aux(x, loss_weight=0.0)) == 0.0
     assert not torch.allclose(aux(x, teacher_forcing_ratio=0.0), aux(x, teacher_forcing_ratio=1.0))
@@ -275,18 +285,7 @@ def test_mctn_aux_loss_ignores_padding_rows_and_follows_its_options() -> None:
 
 # ---------------------------------------------------------------------------------------------- MFM
 def test_mfm_aux_loss_ignores_padding_rows_and_weighs_each_modality() -> None:
-    x = inputs(1, n=6)
-    w = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]])
-
-    def aux(inp: dict[str, torch.Tensor], **options: float) -> torch.Tensor:
-        m = build_model("mfm", spec(1, dropout=0.0), **options).train()
-        m.row_weight = w
-        return m(inp)["aux_loss"]
-
-    moved = {k: v.clone() for k, v in x.items()}
-    for b in DIMS:
-        moved[b][:, 4:] = torch.randn_like(moved[b][:, 4:])      # padding rows (weight 0) change
-    assert torch.allclose(aux(x), aux(moved))
+    x, aux = aux_of("mfm")
     none = dict(lda_xl=0.0, lda_xa=0.0, lda_xv=0.0)
     assert float(aux(x, lda_mmd=0.0, **none)) == 0.0
     mmd = aux(x, **none)                                          # the prior term alone

@@ -164,3 +164,26 @@ def test_cli_runs_a_sequence_model_and_records_its_input(store, tmp_path) -> Non
 
     hashes = {r[0] for r in sqlite3.connect(db).execute("select distinct config_hash from results")}
     assert len(hashes) == 2
+
+
+def test_grid_over_every_fusion_feeds_each_its_level_and_reports_table_9(tmp_path) -> None:  # noqa: ANN001
+    from cli import trainer_app
+    from trainer.models import available_models
+    from trainer.results import ResultsDB
+
+    path = tmp_path / "s.zarr"
+    make_store(path, n_train=45, n_test=15, seq_steps=3, signal=2.5,
+               dims={"audio-a": ("audio", 6), "text-t": ("text", 5), "video-v": ("visual", 4)})
+    db = str(tmp_path / "r.sqlite")
+    res = CliRunner().invoke(trainer_app, ["grid", "--store", str(path), "--dataset", "synth", "--topn", "1",
+                                           "--modalities", "ATV", "--fusion", "all", "--trials", "1",
+                                           "--rank-trials", "1", "--epochs", "1", "--folds", "cv3",
+                                           "--results", db, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    every = set(available_models()) - {"mlp"}
+    got = {r["fusion"] for r in ResultsDB(db).rows("split = 'cv' AND fold = -1")} - {"mlp"}
+    assert got == every and out["trained"] == len(every) and not out["notes"]
+    rep = CliRunner().invoke(trainer_app, ["report", "--store", str(path), "--results", db])
+    table9 = rep.output[rep.output.index("Table 9 style"):]
+    assert all(f"| {f} |" in table9 for f in every)
