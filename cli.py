@@ -1050,5 +1050,172 @@ def trainer_report_cmd(
             err_console.print(f"wrote {f}", highlight=False)
 
 
+# ---------------------------------------------------------------------------------------------- MER-OV
+def _ov_groups(groups: Optional[Path], group_by: Optional[str], truth: dict, pred: dict, model: Optional[str]):  # noqa: ANN202
+    """Synonym groups for ov-eval/ov-baseline: a file, offline embeddings, or none."""
+    if groups is not None and group_by is not None:
+        raise FeatstoreError("give either --groups FILE or --group-by embeddings, not both")
+    if groups is not None:
+        from trainer.ov import read_groups
+
+        return read_groups(groups), f"synonym file {groups}"
+    if group_by is None:
+        return None, "none (exact lower-cased labels)"
+    if group_by != "embeddings":
+        from featstore.errors import UnknownNameError
+
+        raise UnknownNameError("grouping", group_by, ["embeddings"])
+    from featstore.ov_grouping import DEFAULT_ENCODER, DEFAULT_LINKAGE, DEFAULT_THRESHOLD, TEMPLATE, LabelEmbedder, group_samples
+
+    emb = LabelEmbedder.load(DEFAULT_ENCODER, model=model)
+    return (group_samples(truth, pred, emb),
+            f"offline: {DEFAULT_ENCODER} '{TEMPLATE}', {DEFAULT_LINKAGE} linkage, cosine >= {DEFAULT_THRESHOLD}")
+
+
+def _ov_truth(truth: Optional[Path], store: str, dataset: Optional[str], subset: str) -> dict:
+    from trainer.ov import read_label_csv, read_reference, store_label_lists
+
+    if truth is not None:
+        return read_reference(truth)[0] if truth.suffix == ".json" else read_label_csv(truth)
+    if dataset is None:
+        raise FeatstoreError("give --truth CSV, or --dataset (with --store) to read the stored MER-OV label lists")
+    return store_label_lists(_open(store, read_only=True), dataset, subset)
+
+
+def _ov_print(rows: list[tuple[str, Any]], grouping: str, notes: list[str], as_json: bool) -> None:
+    if as_json:
+        _print_json({"grouping": grouping, "notes": notes,
+                     "results": [{"name": n, **r.as_dict()} for n, r in rows]})
+        return
+    t = Table(title=f"MER-OV set-level scores (groups: {grouping})")
+    for c in ("predictions", "accuracy", "recall", "average", "scored", "empty truth", "empty pred"):
+        t.add_column(c, justify="left" if c == "predictions" else "right")
+    for n, r in rows:
+        t.add_row(n, f"{r.accuracy:.4f}", f"{r.recall:.4f}", f"{r.average:.4f}", str(r.n_scored),
+                  str(len(r.empty_truth)), str(len(r.empty_pred)))
+    console.print(t)
+    for line in notes:
+        err_console.print(f"[yellow]note:[/] {line}", highlight=False)
+
+
+@command(trainer_app, "ov-eval")
+def trainer_ov_eval_cmd(
+    pred: Annotated[Path, typer.Option("--pred", help="Predictions CSV (name, openset), as the challenge's submission.")],
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="Truth CSV (name, openset) or a MER-OV reference JSON.")] = None,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="Synonym groups JSON: per sample {name: [[head, ...], ...]}, one list for all, or a MER-OV reference file.")] = None,
+    group_by: Annotated[Optional[str], typer.Option("--group-by", help="embeddings: group each sample's labels offline with MiniLM (featstore.ov_grouping).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --group-by: a local folder for the sentence encoder.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Without --truth: the stored label lists of this dataset.")] = None,
+    subset: Annotated[str, typer.Option(help="With --dataset: the subset holding the MER-OV samples.")] = "test_ov",
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score open-vocabulary predictions (MER2024 Eqs. 4-8): set accuracy and recall after synonym grouping."""
+    from trainer.ov import evaluate, read_label_csv
+
+    t = _ov_truth(truth, store, dataset, subset)
+    p = read_label_csv(pred)
+    g, grouping = _ov_groups(groups, group_by, t, p, model)
+    rep = evaluate(t, p, g)
+    _ov_print([(pred.name, rep)], grouping, rep.notes(), as_json)
+
+
+@command(trainer_app, "ov-predict")
+def trainer_ov_predict_cmd(
+    model: Annotated[str, typer.Option("--model", help="A transformers causal LM: hub id or local folder.")],
+    out: Annotated[Path, typer.Option("--out", help="OV CSV to write (name, openset).")],
+    descriptions: Annotated[Optional[Path], typer.Option("--descriptions", help="CSV (name, description): extract labels from emotion descriptions.")] = None,
+    subtitles: Annotated[Optional[Path], typer.Option("--subtitles", help="CSV (name, subtitle[, clues]): describe each clip first, then extract.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    dtype: Annotated[Optional[str], typer.Option(help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the hub model's own code.")] = False,
+    failures: Annotated[Optional[Path], typer.Option("--failures", help="Also write the failed samples (name, reason, answer) here.")] = None,
+) -> None:
+    """Open-vocabulary labels from a local LLM with the MER2024 prompts; answers that are not a list are recorded
+    per sample and the run goes on (a failed sample gets an empty list in the CSV)."""
+    import csv
+
+    from featstore.datasets.csv import read_rows
+    from featstore.ov_llm import LocalLLM, describe_and_extract, extract_labels
+    from trainer.ov import write_label_csv
+
+    if (descriptions is None) == (subtitles is None):
+        raise FeatstoreError("give exactly one of --descriptions CSV or --subtitles CSV")
+    src = descriptions or subtitles
+    assert src is not None
+    rows, header = read_rows(src, src.name, ("name", "description" if descriptions else "subtitle"))
+    llm = LocalLLM.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if descriptions:
+        res = extract_labels(llm, {r["name"].strip(): r["description"] for r in rows})
+    else:
+        res = describe_and_extract(llm, {r["name"].strip(): r["subtitle"] for r in rows},
+                                   {r["name"].strip(): r.get("clues", "") for r in rows} if "clues" in header else None)
+    names = [r["name"].strip() for r in rows]
+    n = write_label_csv(out, {name: res.labels.get(name, []) for name in names})
+    if failures:
+        with open(failures, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "reason", "answer"])
+            for name, why in res.failures.items():
+                w.writerow([name, why, res.answers.get(name, "")])
+    console.print(f"wrote {n} label lists to {out}; {len(res.failures)} sample(s) failed"
+                  + (f" (listed in {failures})" if failures and res.failures else ""))
+    for name, why in list(res.failures.items())[:10]:
+        err_console.print(f"[yellow]{name}:[/] {why}", highlight=False)
+
+
+@command(trainer_app, "ov-baseline")
+@shared_options
+def trainer_ov_baseline_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset in the store (its MER-OV samples must lie in the trained subset).")],
+    truth: Annotated[Optional[Path], typer.Option("--truth", help="Truth CSV (name, openset); default: the stored label lists.")] = None,
+    subset: Annotated[str, typer.Option(help="Without --truth: the subset holding the MER-OV samples.")] = "test_ov",
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="Synonym groups JSON (see ov-eval).")] = None,
+    group_by: Annotated[Optional[str], typer.Option("--group-by", help="embeddings: offline grouping (see ov-eval).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Write each baseline's OV CSV here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the Random baseline and of the threshold halves.")] = 0,
+    *,
+    audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
+    test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
+    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str, as_json: bool,
+) -> None:
+    """MER2024 Table 5's offline baselines: Empty, Random (one of the six emotions) and the trained six-way
+    classifier's out-of-fold probabilities thresholded (threshold chosen on the other half of the samples)."""
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.ov import (crossfit_thresholds, empty_predictions, evaluate, out_of_fold_probabilities,
+                            random_predictions, write_label_csv)
+
+    t = _ov_truth(truth, store, None if truth else dataset, subset)
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+    fs = _open(store, read_only=True)
+    features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
+                             video=_split_names(video), corruption=corruption, test_corruption=test_corruption)
+    with _progress() as prog:
+        task = prog.add_task(f"{dataset} {fusion} (out-of-fold probabilities)", total=epochs, rate="", errors="")
+        result = run_experiment(features, fusion, proto.replace(test_splits=()),
+                                progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
+                                if ev == "epoch" else None)
+    probs = out_of_fold_probabilities(result)
+    missing = [n for n in t if n not in probs]
+    # every baseline predicts among the classes: one grouping of (truth + classes) per sample serves them all
+    g, grouping = _ov_groups(groups, group_by, t, {n: list(features.classes) for n in t}, None)
+    clf, thresholds = crossfit_thresholds(t, probs, features.classes, g, seed=seed)
+    preds = {"empty": empty_predictions(t), "random": random_predictions(t, features.classes, seed=seed),
+             f"classifier ({fusion}, thresholds {thresholds[0]:.2f}/{thresholds[1]:.2f})": clf}
+    rows = [(name, evaluate(t, p, g)) for name, p in preds.items()]
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for (name, p) in zip(("empty", "random", "classifier"), preds.values()):
+            write_label_csv(out_dir / f"{dataset}-ov-{name}.csv", p)
+    notes = [f"{len(missing)} truth sample(s) have no out-of-fold prediction (not in the trained subset; scored "
+             f"as empty by the classifier): {', '.join(missing[:5])}"] if missing else []
+    _ov_print(rows, grouping, notes, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     featstore_app()

@@ -44,3 +44,29 @@ def test_unknown_emotions_and_missing_labels_are_named(tmp_path: Path) -> None:
         load_index("mer2024", tmp_path / "none")
     with pytest.raises(FeatstoreError, match="appear twice.*sample_1"):
         load_index("mer2024", _release(tmp_path / "b", "name,discrete\nsample_1,happy\nsample_1,sad\n"))
+
+
+def test_open_vocabulary_label_lists_are_stored_and_read_back(tmp_path: Path) -> None:
+    from featstore.build import index_to_store
+    from featstore.store import FeatureStore
+    from trainer.ov import store_label_lists
+
+    root = _release(tmp_path / "mer2024-dataset")
+    (root / "check-openset.csv").write_text(
+        "name,openset\n"
+        "sample_1,\"[\"\"don't believe\"\", 'doubt']\"\n"       # MERTools' spelling: quotes inside a label
+        "sample_2,\"['sad', 'tired']\"\n"
+        "sample_3,开心，愉快\n"                                  # Chinese labels, full-width comma
+        "sample_404,['happy']\n", encoding="utf-8")            # no such sample: left out
+    idx = load_index("mer2024", root)
+    assert [idx.ids[i] for i, v in enumerate(idx.subsets["test_ov"]) if v] == ["sample_1", "sample_2", "sample_3"]
+    fs = FeatureStore(tmp_path / "s.zarr", create=True)
+    index_to_store(fs, idx, "mer2024")
+    assert store_label_lists(fs, "mer2024") == {"sample_1": ["don't believe", "doubt"], "sample_2": ["sad", "tired"],
+                                                "sample_3": ["开心", "愉快"]}
+    codes, classes = fs.labels("mer2024")["openset"]
+    assert list(codes[3:]) == [-1, -1, -1] and len(classes) == 3          # the pool has no lists
+
+    (root / "check-openset.csv").write_text("name,openset\nsample_1,\"['sad', 'tired'\"\n", encoding="utf-8")
+    with pytest.raises(FeatstoreError, match=r"check-openset.csv line 2 \(sample sample_1\): malformed label list"):
+        load_index("mer2024", root)

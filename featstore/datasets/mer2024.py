@@ -10,6 +10,8 @@ Reads, under the release root:
   test-semi.csv, test-noise.csv     name, discrete: released test labels (optional; subsets `test_semi`,
                                     `test_noise`, memberships inside `semi_pool`, their labels stored)
   check-openset.csv                 name, openset: the MER-OV samples (optional; subset `test_ov`, inside train)
+                                    and their label lists (store label `openset`, see featstore.label_lists;
+                                    trainer.ov.store_label_lists reads them back)
 
 Emotion names are matched case-insensitively to the catalog's six (neutral, angry, happy, sad, worried,
 surprise); anything else is an error listing them. Expected counts (MER2024 paper, Table 1): train 5,030,

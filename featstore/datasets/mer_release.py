@@ -4,7 +4,8 @@ A release is a labelled Train&Val folder with a label CSV (name, discrete[, vale
 unlabelled clips (each folder a subset), optional test label CSVs (name, discrete[, valence]) that either label a
 clip folder's samples or name a labelled subset inside it, an optional transcription CSV (name, chinese |
 sentence, english; the English column is the `lang-eng` input variant) and, for MER2024, the open-vocabulary
-sample list. `Layout` says which files; the
+sample list (name, openset): subset `test_ov`, and its label lists as the categorical store label `openset`
+(featstore.label_lists: one class per distinct list). `Layout` says which files; the
 mer2023 and mer2024 modules each hold one.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from featstore.datasets.base import DatasetIndex, clips_not_named, report_unlabelled_clips
 from featstore.datasets.csv import has_bad_bytes, parse_number, read_rows
 from featstore.errors import FeatstoreError
+from featstore.label_lists import OPENSET_LABEL, LabelListError, encode_label_lists, parse_labels
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,31 @@ class Layout:
     test_labels: dict[str, str] = field(default_factory=dict)  # subset -> label CSV (name, discrete[, valence])
     transcripts: tuple[str, ...] = ()                       # name, chinese | sentence, english
     openset: str | None = None                              # MER-OV sample list (name, ...): subset test_ov
+
+
+def _read_openset(path: Path, name: str, pos: dict[str, int]) -> tuple[list[int], dict[int, list[str]] | None]:
+    """Rows of the MER-OV samples and, when the file has an `openset` column, their label lists (row -> labels;
+    a malformed list is an error naming the line). Names without a clip row are logged and left out."""
+    rows, header = read_rows(path, name, ("name",))
+    got: list[int] = []
+    lists: dict[int, list[str]] | None = {} if OPENSET_LABEL in header else None
+    absent = []
+    for line, r in enumerate(rows, start=2):
+        sid = r["name"].strip()
+        if sid not in pos:
+            absent.append(sid)
+            continue
+        got.append(pos[sid])
+        if lists is not None:
+            try:
+                lists[pos[sid]] = parse_labels(r.get(OPENSET_LABEL))
+            except LabelListError as exc:
+                raise FeatstoreError(f"dataset {name}: {path} line {line} (sample {sid}): malformed label list: "
+                                     f"{exc}") from None
+    if absent:
+        log.warning("dataset %s: %d name(s) of %s are not Train&Val or clip samples (first: %s)", name, len(absent),
+                    path.name, ", ".join(absent[:3]))
+    return got, lists
 
 
 def _first(root: Path, names: tuple[str, ...], is_dir: bool) -> Path | None:
@@ -108,9 +135,9 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
         listed = ", ".join(f"'{k}' ({v}x)" for k, v in sorted(unknown.items()))
         raise FeatstoreError(f"dataset {name}: emotions not in the catalog's label space: {listed} "
                              f"(known: {', '.join(classes)})")
+    openset: dict[int, list[str]] | None = None
     if layout.openset and (root / layout.openset).is_file():
-        members["test_ov"] = [pos[r["name"].strip()] for r in read_rows(root / layout.openset, name, ("name",))[0]
-                              if r["name"].strip() in pos]
+        members["test_ov"], openset = _read_openset(root / layout.openset, name, pos)
     subsets = {}
     for s, rows_ in members.items():
         m = np.zeros(n, bool)
@@ -148,8 +175,11 @@ def load_release(root: Path, spec, layout: Layout) -> DatasetIndex:  # noqa: ANN
             elif t.strip():
                 text[i] = t.strip()
     labels = {"emotion": emotion}
+    label_classes = {"emotion": classes}
     if np.isfinite(valence).any():
         labels["valence"] = valence
+    if openset is not None:
+        labels[OPENSET_LABEL], label_classes[OPENSET_LABEL] = encode_label_lists([openset.get(i) for i in range(n)])
     return DatasetIndex(name=name, root=str(root.resolve()), ids=ids, media=media, text=text, labels=labels,
-                        label_classes={"emotion": classes}, subsets=subsets, text_errors=text_errors,
+                        label_classes=label_classes, subsets=subsets, text_errors=text_errors,
                         variants={"lang-eng": {"text": english}} if any(english) else {})
