@@ -214,7 +214,7 @@ def test_one_branch_is_refused(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- every fusion
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", [m for m in available_models() if m != "linear"])   # linear: no torch module
 def test_missing_or_mismatched_modalities_are_named(name: str) -> None:
     from trainer.models import model_level
     from trainer.protocol import ProtocolError

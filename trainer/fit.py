@@ -72,6 +72,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     warnings = list(features.warnings)
     for s, pl in plans.items():
         warnings.extend(pl.notes)
+    protocol = _fit_batch_size(protocol, plans, warnings)
     if n_classes:
         warnings.extend(_absent_classes(features, plans, n_classes))
 
@@ -86,6 +87,16 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     outcomes: dict[int, Outcome] = {}
     kept: list[tuple[list[tuple[int, int, int]], _GroupTrainer]] = []
     timings = {"train": 0.0, "select": 0.0, "final": 0.0, "setup": 0.0}
+    if getattr(model_class(fusion), "convex", False):     # the linear baseline: direct fits, no minibatch loop
+        from trainer.linear import fit_jobs
+
+        if keep_models:
+            raise ProtocolError(f"fusion '{fusion}' keeps no torch models to stream predictions with; use another")
+        outcomes = fit_jobs(features, jobs, plans, selection, n_classes, has_valence)
+        timings["train"] = time.perf_counter() - t_start
+        timings["total"] = timings["train"]
+        return assemble(features, fusion, protocol, cfgs, selection, plans, jobs, outcomes, timings, warnings,
+                        n_classes, has_valence)
     with _runtime(protocol, device):
         fs = features if device.type == "cpu" else features.to(device)
         batches = []
@@ -99,6 +110,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
             trainer = _GroupTrainer(batch, fs, fusion, protocol, selection, n_classes, has_valence, device,
                                     plans, progress, gi)
             res = trainer.run()
+            warnings.extend(trainer.notes)
             for j, o in zip(batch, res):
                 outcomes[id(j)] = o
             if keep_models:
@@ -111,6 +123,20 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
                       n_classes, has_valence)
     result.models = kept
     return result
+
+
+def _fit_batch_size(protocol: Protocol, plans: dict[int, Plan], warnings: list[str]) -> Protocol:
+    """With `min_steps` set (a preset's large batches), a batch too large for the smallest training fold falls
+    back to the largest size giving that many minibatches an epoch, and a warning says so."""
+    if not protocol.min_steps:
+        return protocol
+    rows = min(len(f.train) for pl in plans.values() for f in pl.folds)
+    if rows >= protocol.batch_size * protocol.min_steps:
+        return protocol
+    batch = max(1, rows // protocol.min_steps)
+    warnings.append(f"batch size {protocol.batch_size} is too large for {rows} training rows per fold "
+                    f"({protocol.min_steps} minibatches an epoch at least): using batch size {batch}")
+    return protocol.replace(batch_size=batch)
 
 
 def normalise_configs(configs: Sequence[dict[str, Any]] | dict[str, Any] | None,
@@ -220,7 +246,11 @@ class _GroupTrainer:
             raise ProtocolError(f"fusion '{fusion}' needs aligned sequences (every modality on one time axis): "
                                 f"add --aligned")
         self.params = list(self.model.parameters())
-        self.opt = BatchedAdam(self.params, [j.hyper["lr"] for j in jobs], [j.hyper["weight_decay"] for j in jobs])
+        self.base_lr = [float(j.hyper["lr"]) for j in jobs]
+        self.opt = BatchedAdam(self.params, list(self.base_lr), [j.hyper["weight_decay"] for j in jobs])
+        self.stopped = [False] * K          # early stopping (protocol.patience): a stopped model takes no steps
+        self.epoch = 0
+        self.notes: list[str] = []
         self.feature_names = list(fs.features)
         seq = self.level == "seq"
         self.X = {k: (f.seq if seq else f.x) for k, f in fs.features.items()}
@@ -262,12 +292,12 @@ class _GroupTrainer:
         B, K = self.p.batch_size, self.K
         shuffle = self.p.shuffles(self.fs)
         ns = [len(j.fold.train) for j in self.jobs]
-        steps = [math.ceil(n / B) for n in ns]
+        steps = [0 if stop else math.ceil(n / B) for n, stop in zip(ns, self.stopped)]
         S = max(steps)
         idx = np.zeros((K, S * B), np.int64)
         w = np.zeros((K, S * B), np.float32)
         for k, j in enumerate(self.jobs):
-            n = ns[k]
+            n = ns[k] if steps[k] else 0
             order = j.fold.train
             if shuffle:
                 order = order[torch.randperm(n, generator=self.init_gens[k]).numpy()]
@@ -306,6 +336,7 @@ class _GroupTrainer:
         return out
 
     def _train_epoch(self) -> None:
+        self._full_steps = [math.ceil(len(j.fold.train) / self.p.batch_size) for j in self.jobs]
         idx, w, wv, steps = self._epoch_batches()
         K, S, B = idx.shape
         y_emo = self.y_emo.clamp(min=0) if self.y_emo is not None else None
@@ -318,6 +349,10 @@ class _GroupTrainer:
             all_active = bool(active.all())
             self.model.active = None if all_active else active.tolist()
             self.model.row_weight = w[:, s]
+            if self.p.schedule == "cosine":   # each model along its own steps of the whole run
+                E = self.p.epochs
+                self.opt.lr = [lr * self.p.lr_factor((self.epoch * n + s) / max(1, E * n)) if n else lr
+                               for lr, n in zip(self.base_lr, self._full_steps)]
             flat = idx[:, s].reshape(-1)
             inputs = self._gather(flat, B, test=False, tag="train")
             with self.autocast:
@@ -422,8 +457,10 @@ class _GroupTrainer:
         snapshot = [p.detach().clone() for p in self.params]
         select_rows = [j.fold.select for j in self.jobs]
         select_test = self.jobs[0].fold.select_test
+        t_start = time.perf_counter()
         for e in range(E):
             t0 = time.perf_counter()
+            self.epoch = e
             self._train_epoch()
             t1 = time.perf_counter()
             out = self._forward_rows(select_rows, select_test)
@@ -450,6 +487,19 @@ class _GroupTrainer:
                 self.progress("epoch", {"group": self.group_index, "epoch": e + 1, "epochs": E, "models": K,
                                         "best": float(np.nanmax(best)) if any(map(math.isfinite, best)) else None,
                                         "seconds": t2 - t0})
+            if self.p.patience:
+                for k in range(K):
+                    if best_epoch[k] and e + 1 - best_epoch[k] >= self.p.patience:
+                        self.stopped[k] = True
+                if all(self.stopped):
+                    self.notes.append(f"early stopping: all {K} models stopped by epoch {e + 1} of {E} (patience "
+                                      f"{self.p.patience} on the selection rows)")
+                    break
+            if self.p.time_budget and time.perf_counter() - t_start >= self.p.time_budget and e + 1 < E:
+                running = K - sum(self.stopped)
+                self.notes.append(f"time budget of {self.p.time_budget:g} s reached after epoch {e + 1} of {E}: "
+                                  f"{running} of {K} models had not converged (stopped early, best epochs kept)")
+                break
         t0 = time.perf_counter()
         with torch.no_grad():
             for p, sp in zip(self.params, snapshot):

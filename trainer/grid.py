@@ -26,7 +26,7 @@ from trainer.models import input_options, model_class
 from trainer.protocol import Protocol
 from trainer.record import recorded_rows, trial_definition
 from trainer.results import ResultsDB, config_hash
-from trainer.search import MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking, trials
+from trainer.search import FAST_RANK_FUSION, MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking, trials
 
 Progress = Callable[[str, dict[str, Any]], None]
 Recorded = tuple[list[dict[str, Any]], list[dict[str, Any]]]      # (result rows, output rows) of one run
@@ -252,26 +252,30 @@ def train_on_worker(chosen: dict[str, list[str]], configs: list[dict[str, Any]],
 # ---------------------------------------------------------------------------------------------- the two searches
 def run_rank(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protocol, *, n_trials: int = 24,
              trial_seed: int = 0, corruption: str = "clean", modality: str | None = None, rank_by: str = "cv",
-             client: Any = None, max_models: int | None = None, progress: Progress | None = None
-             ) -> tuple[SearchReport, dict[str, list[Ranked]]]:
+             client: Any = None, max_models: int | None = None, progress: Progress | None = None,
+             fast: bool = False) -> tuple[SearchReport, dict[str, list[Ranked]]]:
     """The same unimodal search (fusion `mlp`, `trials(n_trials)` configs, the protocol's seeds) for every stored
-    encoder of `dataset`, then the ranking from the database."""
+    encoder of `dataset`, then the ranking from the database. fast: the linear baseline instead, one config
+    (its regularisation is chosen inside each fold), recorded as preset `rank-fast`."""
+    fusion, preset = (FAST_RANK_FUSION, "rank-fast") if fast else (RANK_FUSION, "rank")
+    configs = trials(1, trial_seed) if fast else trials(n_trials, trial_seed)
     sets = rank_sets(store, dataset, corruption, modality)
-    tasks = _plan(store, db, dataset, sets, RANK_FUSION, protocol, trials(n_trials, trial_seed), corruption, None,
-                  "rank")
-    rep = run_tasks(store, db, dataset, tasks, RANK_FUSION, protocol, corruption, None, "rank", client, max_models,
+    tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, None, preset)
+    rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, None, preset, client, max_models,
                     progress)
-    return rep, ranking(db, dataset, corruption=corruption, rank_by=rank_by, mode=protocol.mode)
+    return rep, ranking(db, dataset, corruption=corruption, rank_by=rank_by, mode=protocol.mode, fusion=fusion)
 
 
 def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protocol, *, topn: Sequence[int],
              combos: Sequence[tuple[str, ...]], fusion: str = "attention", n_trials: int = 50, trial_seed: int = 0,
              corruption: str = "clean", test_corruption: str | None = None, rank_by: str = "cv",
              rank_from: str | None = None, rank_trials: int = 24, client: Any = None, max_models: int | None = None,
-             progress: Progress | None = None, model_options: dict[str, Any] | None = None) -> SearchReport:
+             progress: Progress | None = None, model_options: dict[str, Any] | None = None,
+             preset: str = "default") -> SearchReport:
     """Top-N x modality-combination x hyper-parameter search. The ranking comes from the database (`rank_from`:
     another dataset's); when `dataset`'s own ranking is missing, `trainer rank`'s search runs first.
-    model_options (e.g. {'softmax': True} for attention) join every config of the search (and its hash)."""
+    model_options (e.g. {'softmax': True} for attention) join every config of the search (and its hash).
+    preset: the name of the recipe `protocol` was built with (trainer.presets), recorded with every trial."""
     notes: list[str] = []
     stored = stored_encoders(store, dataset, corruption)
     src = rank_from or dataset
@@ -298,8 +302,8 @@ def run_grid(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
         raise FeatstoreError(f"no feature set to search for {dataset}: " + ("; ".join(notes) or "nothing ranked"))
     space = getattr(model_class(fusion), "space", None)      # a fusion's own search space, else Table 4's
     configs = [{**c, **(model_options or {})} for c in trials(n_trials, trial_seed, space)]
-    tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, test_corruption, "default")
-    rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, test_corruption, "default", client,
+    tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, test_corruption, preset)
+    rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, test_corruption, preset, client,
                     max_models, progress)
     rep.notes = notes + rep.notes
     return rep

@@ -17,6 +17,7 @@ has groups, cv5 otherwise. Test splits: every loaded subset disjoint from the tr
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from trainer.data import FeatureSet
 from trainer.metrics import SELECTIONS
 
 MODES = ("mertools", "strict")
+SCHEDULES = (None, "constant", "cosine")
 
 
 class ProtocolError(FeatstoreError, ValueError):
@@ -63,6 +65,13 @@ class Protocol:
     deterministic: bool = True          # torch.use_deterministic_algorithms during the run
     steps: int | None = None            # sequence models: cap on the time steps of a feature (None: as stored)
     aligned: bool | None = None         # sequence models: one time axis per row (None: the model's requirement)
+    # training recipe beyond MERTools' (trainer.presets names sets of these; None = MERTools' behaviour)
+    schedule: str | None = None         # None/'constant': fixed lr; 'cosine': linear warm-up then cosine decay to 0
+    warmup: float | None = None         # cosine: share of each model's steps spent warming up (default 0)
+    patience: int | None = None         # early stopping: a model stops after this many epochs without a better
+                                        # selection score (selection rows only: inner split in strict mode)
+    time_budget: float | None = None    # seconds of training per batched module; reaching it stops (and says so)
+    min_steps: int | None = None        # minibatches per epoch at least: a larger batch falls back (and says so)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,9 +90,28 @@ class Protocol:
             raise ProtocolError("at least one seed is needed")
         if self.steps is not None and self.steps < 1:
             raise ProtocolError(f"steps must be >= 1, got {self.steps}")
+        if self.schedule not in SCHEDULES:
+            raise ProtocolError(f"unknown lr schedule '{self.schedule}'; expected {', '.join(map(str, SCHEDULES[1:]))}")
+        if self.warmup is not None and not 0 <= self.warmup < 1:
+            raise ProtocolError(f"warmup must be in [0, 1) (a share of the steps), got {self.warmup}")
+        for name in ("patience", "min_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ProtocolError(f"{name} must be a positive integer, got {v!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ProtocolError(f"time_budget must be > 0 seconds, got {self.time_budget}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.test_splits is not None:
             object.__setattr__(self, "test_splits", tuple(self.test_splits))
+
+    def lr_factor(self, progress: float) -> float:
+        """The lr multiplier at `progress` in [0, 1) of a model's training steps (1 for a constant schedule)."""
+        if self.schedule != "cosine":
+            return 1.0
+        w = self.warmup or 0.0
+        if progress < w:
+            return (progress + 1e-12) / w
+        return 0.5 * (1.0 + math.cos(math.pi * (progress - w) / (1.0 - w)))
 
     def hyper(self) -> dict[str, Any]:
         """The default config: hidden, dropout, lr, weight_decay."""

@@ -113,7 +113,9 @@ def trials(db: ResultsDB, dataset: str | None = None, mode: str | None = None) -
     for r in rows:
         h = r["config_hash"]
         if h not in by:
-            by[h] = Trial(h, r["dataset"], r["mode"], r["fusion"], r["features"] or {}, r["hyper"] or {},
+            preset = r.get("preset") or "default"        # a preset's numbers are marked in the mode column
+            mode = r["mode"] if preset == "default" else f"{r['mode']}, {preset} preset"
+            by[h] = Trial(h, r["dataset"], mode, r["fusion"], r["features"] or {}, r["hyper"] or {},
                           r.get("test_corruption"))
         seeds.setdefault(h, set()).add(int(r["seed"]))
         for m in METRICS:

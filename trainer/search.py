@@ -25,6 +25,7 @@ SPACE: dict[str, tuple[Any, ...]] = {"hidden": (64, 128, 256), "lr": (1e-3, 1e-4
 LETTERS = {"A": "audio", "T": "text", "V": "video"}       # modality letters of --modalities (video = visual)
 MODALITY_ORDER = ("audio", "text", "video")
 RANK_FUSION = "mlp"
+FAST_RANK_FUSION = "linear"      # trainer rank --fast: the convex baseline, one fit per fold
 RANK_BY = ("cv", "test")
 
 
@@ -96,8 +97,9 @@ class Ranked:
 
 
 def ranking(db: ResultsDB, dataset: str, *, corruption: str = "clean", rank_by: str = "cv",
-            mode: str | None = None) -> dict[str, list[Ranked]]:
-    """{modality: encoders best first} from the unimodal `mlp` trials of `dataset` in the database.
+            mode: str | None = None, fusion: str = "mlp") -> dict[str, list[Ranked]]:
+    """{modality: encoders best first} from the unimodal trials of `fusion` (`mlp`; `linear` for
+    `trainer rank --fast`) of `dataset` in the database.
 
     Per encoder: each config's figures are means over its seeds of the fold-averaged rows; the best config is the
     one with the highest mean CV selection score; encoders are ranked by that config's CV WAF (`cv`) or by the
@@ -105,7 +107,7 @@ def ranking(db: ResultsDB, dataset: str, *, corruption: str = "clean", rank_by: 
     """
     if rank_by not in RANK_BY:
         raise FeatstoreError(f"--rank-by '{rank_by}': expected cv or test")
-    where, params = "dataset = ? AND fusion = ? AND fold = -1", [dataset, RANK_FUSION]
+    where, params = "dataset = ? AND fusion = ? AND fold = -1", [dataset, fusion]
     if mode:
         where += " AND mode = ?"
         params.append(mode)

@@ -1,0 +1,154 @@
+"""Presets and the fast recipe (issue #9): named data, determinism, early stopping on selection rows only, time
+budgets and small-data fallbacks reported; the linear baseline equals scikit-learn's own fit; `rank --fast`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import trainer_app
+from featstore.errors import UnknownNameError
+from trainer.data import load_features
+from trainer.fit import run_experiment
+from trainer.presets import PRESETS, apply_preset
+from trainer.protocol import Protocol, ProtocolError
+from trainer.synthetic import make_store
+
+ENCS = dict(audio=["audio-a"], video=["video-v"])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("presets") / "s.zarr"
+    make_store(path, n_train=200, n_test=60, signal=1.0)
+    return path
+
+
+def fast(**kw: object) -> Protocol:
+    return apply_preset(Protocol(folds="cv3", **kw), "fast")
+
+
+def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
+    p = apply_preset(Protocol(epochs=7), "fast")
+    assert p.epochs == 7 and p.batch_size == PRESETS["fast"]["batch_size"] and p.mode == "strict"
+    assert p.schedule == "cosine" and p.patience == PRESETS["fast"]["patience"]
+    assert apply_preset(Protocol(), "default") == Protocol()
+    with pytest.raises(UnknownNameError, match="unknown preset 'fsat'.*fast"):
+        apply_preset(Protocol(), "fsat")
+    with pytest.raises(ProtocolError, match="unknown lr schedule 'linear'"):
+        Protocol(schedule="linear")
+    with pytest.raises(ProtocolError, match="patience must be a positive integer"):
+        Protocol(patience=0)
+
+
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    p = Protocol(schedule="cosine", warmup=0.2)
+    f = [p.lr_factor(t) for t in (0.0, 0.1, 0.2, 0.6, 0.999)]
+    assert f[0] < 0.01 and f[1] == pytest.approx(0.5) and f[2] == pytest.approx(1.0)
+    assert f[3] == pytest.approx(0.5) and f[4] < 1e-4
+    assert Protocol().lr_factor(0.7) == 1.0
+
+
+def test_the_fast_preset_is_deterministic_for_a_seed(store: Path) -> None:
+    f = load_features(store, "synth", **ENCS)
+    a = run_experiment(f, "attention", fast(seeds=(3,)))
+    b = run_experiment(f, "attention", fast(seeds=(3,)))
+    assert [(r["split"], r["fold"], r["waf"], r["mse"]) for r in a.rows] == \
+        [(r["split"], r["fold"], r["waf"], r["mse"]) for r in b.rows]
+    assert a.selected_epochs == b.selected_epochs
+
+
+def test_early_stopping_never_looks_at_test_or_held_out_data(store: Path) -> None:
+    f = load_features(store, "synth", **ENCS)
+    base = run_experiment(f, "attention", fast(epochs=30))
+    g = load_features(store, "synth", **ENCS)
+    test_rows = ~torch.from_numpy(np.isin(np.arange(g.n), base_training_rows(g)))
+    for feat in g.features.values():                          # scramble every test row's features
+        feat.x[test_rows] = torch.randn_like(feat.x[test_rows]) * 5
+    changed = run_experiment(g, "attention", fast(epochs=30))
+    assert changed.selected_epochs == base.selected_epochs
+    cv = lambda r: [x["waf"] for x in r.rows if x["split"] in ("cv", "inner")]  # noqa: E731
+    assert cv(changed) == cv(base)
+    test = lambda r: next(x for x in r.summary() if x["split"] == "test1")["waf_mean"]  # noqa: E731
+    assert test(changed) != test(base)                         # the test rows did change
+
+
+def base_training_rows(f) -> np.ndarray:  # noqa: ANN001
+    return Protocol(folds="cv3").plan(f, 0).training_rows
+
+
+def test_early_stopping_stops_and_says_so(store: Path) -> None:
+    f = load_features(store, "synth", **ENCS)
+    r = run_experiment(f, "attention", fast(epochs=200, patience=2))
+    assert any(w.startswith("early stopping: all 3 models stopped by epoch") for w in r.warnings), r.warnings
+    stopped_at = [int(np.isfinite(c).sum()) for c in r.curves.values()]
+    assert max(stopped_at) < 200 and all(e + 2 <= n or n == 200 for e, n in zip(r.selected_epochs.values(), stopped_at))
+
+
+def test_a_time_budget_is_reported_never_silent(store: Path) -> None:
+    f = load_features(store, "synth", **ENCS)
+    r = run_experiment(f, "attention", Protocol(folds="cv3", epochs=500, time_budget=0.05))
+    assert any("time budget of 0.05 s reached after epoch" in w and "had not converged" in w for w in r.warnings)
+
+
+def test_a_small_dataset_falls_back_to_a_smaller_batch_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "small.zarr"
+    make_store(path, n_train=60, n_test=20, signal=1.0)
+    f = load_features(path, "synth", **ENCS)
+    r = run_experiment(f, "attention", fast(epochs=3))
+    note = next(w for w in r.warnings if w.startswith("batch size 256 is too large"))
+    assert "32 training rows" in note and "using batch size 8" in note    # 40 a fold less the inner 20%, / 4
+    assert r.protocol.batch_size == 8
+
+
+def test_linear_baseline_equals_scikit_learns_own_fit(store: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    f = load_features(store, "synth", **ENCS)
+    proto = Protocol(folds="cv3", mode="strict")
+    r = run_experiment(f, "linear", proto)
+    plan = proto.plan(f, 0)
+    fold = plan.folds[1]
+    X = np.concatenate([f.features[k].x.numpy().astype(np.float64) for k in f.features], axis=1)
+    mu, sd = X[fold.train].mean(0), X[fold.train].std(0)
+    Z = (X - mu) / np.where(sd > 0, sd, 1)
+    y = f.emotion.numpy()
+    test_rows = plan.tests["test1"]
+    ours = r.test_outputs[(0, 0, "test1")].emotion[1]          # fold 1's log-probabilities
+    best = None
+    for c in (0.001, 0.01, 0.1, 1.0):                           # one of the C it tried reproduces it exactly
+        ref = LogisticRegression(C=c, max_iter=1000, tol=1e-8).fit(Z[fold.train], y[fold.train])
+        lp = ref.predict_log_proba(Z[test_rows])
+        err = float(np.abs(np.exp(lp) - np.exp(ours[:, ref.classes_])).max())
+        best = err if best is None else min(best, err)
+    assert best < 2e-3
+    assert {x["split"] for x in r.rows} == {"cv", "inner", "test1"}
+    assert next(x for x in r.summary() if x["split"] == "test1")["waf_mean"] > 0.5
+
+
+def test_rank_fast_and_the_report_marks_the_preset(store: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    db = str(tmp_path / "r.sqlite")
+    res = runner.invoke(trainer_app, ["rank", "--store", str(store), "--dataset", "synth", "--fast", "--folds", "cv3",
+                                      "--results", db, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    ranked = {m: [e["encoder"] for e in v] for m, v in out["ranking"].items()}
+    assert sorted(sum(ranked.values(), [])) == ["audio-a", "text-t", "video-v"] and out["trained"] == 3
+    res = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",
+                                      "--video", "video-v", "--preset", "fast", "--epochs", "3", "--folds", "cv3",
+                                      "--results", db, "--json"])
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.output[res.output.index("{"):])
+    assert run["preset"] == "fast" and run["mode"] == "strict" and run["protocol"]["schedule"] == "cosine"
+    assert any(w.startswith("batch size 256 is too large") for w in run["warnings"])   # ~133 rows a fold
+    rep = runner.invoke(trainer_app, ["report", "--store", str(store), "--results", db])
+    assert "strict, fast preset" in rep.output
+    bad = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",
+                                      "--preset", "quick", "--results", db])
+    assert bad.exit_code == 1 and "unknown preset 'quick'" in bad.output
