@@ -10,7 +10,9 @@ of |Δ| of the sample score (accuracy + recall) / 2. On the other half the kept 
 recall and their average with the LLM groups, with the offline groups, and with no grouping at all (labels
 compared as lower-cased strings), plus the mean per-sample |Δ|. The roles of the halves are then swapped (a
 second, independent estimate). A third loss, `pairs`, is 1 - F1 of the "same group" decisions over all label
-pairs of each sample's union, the LLM groups being the truth.
+pairs of each sample's union, the LLM groups being the truth. Last, on all samples with the default rule: MER2024
+Table 5's feature-free rows (Empty; Random = one of the six emotions per sample, several seeds) and the
+reference predictions under the LLM groups, the offline groups and none.
 
     .venv/bin/python benchmarks/ov_grouping.py
     .venv/bin/python benchmarks/ov_grouping.py --fixture other.json --seed 1 --step 0.01
@@ -31,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from featstore.ov_grouping import LINKAGES, LabelEmbedder, cluster_labels, union_labels  # noqa: E402
-from trainer.ov import evaluate, group_map, read_reference  # noqa: E402
+from featstore.ov_grouping import (DEFAULT_LINKAGE, DEFAULT_THRESHOLD, LINKAGES, TEMPLATE,  # noqa: E402
+                                   LabelEmbedder, cluster_labels, group_samples, union_labels)
+from trainer.ov import empty_predictions, evaluate, group_map, random_predictions, read_reference  # noqa: E402
 
 import _common as common  # noqa: E402
 
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--lo", type=float, default=0.30)
     ap.add_argument("--hi", type=float, default=0.95)
     ap.add_argument("--step", type=float, default=0.01)
+    ap.add_argument("--random-seeds", type=int, default=5, help="seeds of the Random baseline")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -115,6 +119,26 @@ def main() -> None:
         print(f"| {label} | {obj} | {rule} | {ref.accuracy:.4f} / {ref.recall:.4f} / {ref.average:.4f} | "
               f"{off.accuracy:.4f} / {off.recall:.4f} / {off.average:.4f} | {off.accuracy - ref.accuracy:+.4f} | "
               f"{off.recall - ref.recall:+.4f} | {off.average - ref.average:+.4f} | {m:.4f} |")
+    # Table 5's feature-free rows on all samples with the default offline rule (the LLM groups were made for the
+    # reference predictions only, so Empty/Random labels outside them could not be grouped by them)
+    emb = LabelEmbedder.load()
+    classes = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
+    print(f"\nAll {len(names)} samples, default offline rule ('{TEMPLATE}', {DEFAULT_LINKAGE}, {DEFAULT_THRESHOLD}):\n")
+    print("| predictions | groups | accuracy | recall | average |\n|---|---|---|---|---|")
+    rep = evaluate(truth, empty_predictions(truth))
+    print(f"| Empty | any | {rep.accuracy:.4f} | {rep.recall:.4f} | {rep.average:.4f} |")
+    rand = []
+    for seed in range(args.random_seeds):
+        r = random_predictions(truth, classes, seed=seed)
+        rep = evaluate(truth, r, group_samples(truth, r, emb))
+        rand.append((rep.accuracy, rep.recall, rep.average))
+    mean, std = np.mean(rand, axis=0), np.std(rand, axis=0)
+    print(f"| Random (one of the six emotions; {args.random_seeds} seeds, mean ± std) | offline | "
+          + " | ".join(f"{m:.4f} ± {s_:.4f}" for m, s_ in zip(mean, std)) + " |")
+    for label, groups in (("LLM (fixture)", llm_groups), ("offline", group_samples(truth, pred, emb)),
+                          ("none", None)):
+        rep = evaluate(truth, pred, groups)
+        print(f"| reference predictions | {label} | {rep.accuracy:.4f} | {rep.recall:.4f} | {rep.average:.4f} |")
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(f"\n- wall {time.perf_counter() - t_start:.1f} s; code {rev.stdout.strip() or '?'}")
 

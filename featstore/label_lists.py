@@ -36,7 +36,7 @@ QUOTE_PAIRS = {"'": "'", '"': '"', "‘": "’", "“": "”", "「": "」", "�
 OPEN_BRACKETS, CLOSE_BRACKETS = "[［", "]］"
 MAX_CLASSES = 32767                      # distinct lists an int16 categorical label can hold
 
-__all__ = ["LabelListError", "parse_labels", "parse_list_prefix", "format_labels", "encode_label_lists",
+__all__ = ["LabelListError", "parse_labels", "parse_list_prefix", "parse_groups", "format_labels", "encode_label_lists",
            "decode_label_lists", "OPENSET_LABEL"]
 
 
@@ -156,6 +156,43 @@ def parse_list_prefix(text: str) -> tuple[list[str], str]:
         raise LabelListError(f"the answer does not start with a list: '{shown}'" if shown else "the answer is empty")
     _, stop = _scan_items(body, 1, True)
     return parse_labels(body[:stop]), body[stop:]
+
+
+def parse_groups(value: Any) -> list[list[str]]:
+    """A list of label lists (synonym groups, as the challenge's LLM grouping step answers them:
+    `[['joyful', 'happy'], ['doubt']]`, JSON alike, quotes inside labels as in parse_labels) -> groups, each
+    cleaned like parse_labels, empty groups dropped. Anything else raises LabelListError."""
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(g, (list, tuple)) for g in value):
+            raise LabelListError("synonym groups must be a list of lists")
+        return [g for g in (_clean(g) for g in value) if g]
+    text = "" if value is None else str(value).strip()
+    if not text or text[0] not in OPEN_BRACKETS:
+        raise LabelListError(f"synonym groups must be a list of lists, got '{text[:30]}'")
+    for reader in (json.loads, ast.literal_eval):
+        try:
+            literal = reader(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(literal, list):
+            return parse_groups(literal)
+    groups: list[list[str]] = []
+    i, n = 1, len(text)
+    while True:
+        while i < n and (text[i] in " \t\r" or text[i] in SEPARATORS):
+            i += 1
+        if i >= n:
+            raise LabelListError("the list of groups opens with '[' but never closes")
+        if text[i] in CLOSE_BRACKETS:
+            break
+        if text[i] not in OPEN_BRACKETS:
+            raise LabelListError(f"expected a group '[...]' at '{text[i:i + 30]}'")
+        items, i = _scan_items(text, i + 1, True)
+        if (group := _clean(items)):
+            groups.append(group)
+    if text[i + 1:].strip():
+        raise LabelListError(f"text after the list of groups: '{text[i + 1:].strip()[:30]}'")
+    return groups
 
 
 def format_labels(labels: Sequence[str]) -> str:

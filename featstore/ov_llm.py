@@ -1,12 +1,15 @@
 """MER-OV with a local LLM: describe a clip from its subtitle and clues, then extract the emotion labels.
 
-Two prompts, after the MER2024 / OV-MER papers:
-- `DESCRIBE_PROMPT` (the description step, MER2024 Table 2's shape: the subtitle and the clues of the clip go
-  in, a reasoned description of the character's emotional state comes out). The papers run it on a
-  multimodal LLM that sees the video; a text-only causal LM sees the subtitle and whatever clues the user
-  has (acoustic/visual descriptions from other tools, one line per clip). The wording is ours.
+Two prompts, after the MER2024 paper:
+- `describe_prompt` (the description step, MER2024 Table 2: the baseline MLLMs' instruction, worded as MERTools'
+  MLLM scripts spell it, MER2025_Track23/*/main-video.py and Qwen-Audio/main-audio.py, with their
+  "Subtitle content of this video: ...;" prefix). `DESCRIBE_INSTRUCTIONS` holds the video and the audio form.
+  The paper runs it on an MLLM that sees the clip; a text-only causal LM sees the subtitle and whatever clues
+  the user has (acoustic/visual descriptions from other tools, one line per clip), inserted as one more
+  "Clues of this video: ...;" part before the instruction -- the only words that are ours.
 - `EXTRACT_PROMPT` (label extraction from an emotion description, MER2024 Section 2.3; the paper's prompt,
-  with its two worked examples as MERTools' Qwen script gives them so that a small model answers in a list).
+  with its two worked examples as MERTools' few-shot GPT script gives them so that a small model answers in a
+  list).
 Any transformers causal LM runs them: a hub id or a local folder (`--model`), loaded like every featstore
 model (featstore.encoders.hf_common.load_pretrained: local folder, else the HF cache, else the hub when
 reachable; offline and uncached it fails at once naming `--model /path/to/folder`). Greedy decoding; the
@@ -19,11 +22,13 @@ answer's first words, and the run goes on. trainer/ only scores the resulting la
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, UnknownNameError
 from featstore.label_lists import LabelListError, parse_list_prefix
 
 EXTRACT_PROMPT = (
@@ -35,12 +40,28 @@ EXTRACT_PROMPT = (
     "Input: His emotional state is happy, sad, and angry; Output: [happy, sad, angry] "
     "Input: {description}; Output: ")
 
-DESCRIBE_PROMPT = (
-    "Please assume the role of an expert in the field of emotions. Subtitle of the video clip: \"{subtitle}\". "
-    "Clues from the clip: {clues}. Based on the subtitle and the clues, please infer the emotional state of the "
-    "main character, explain which clues support it, and finally name the emotions.")
+DESCRIBE_INSTRUCTIONS = {
+    "video": ("As an expert in the field of emotions, please focus on the facial expressions, body movements, "
+              "environment, subtitle content, etc., in the video to discern clues related to the emotions of the "
+              "individual. Please provide a detailed description and ultimately predict the emotional state of the "
+              "individual in the video."),
+    "audio": ("As an expert in the field of emotions, please focus on the acoustic information and subtitle content "
+              "in the audio to discern clues related to the emotions of the individual. Please provide a detailed "
+              "description and ultimately predict the emotional state of the individual in the audio."),
+}
+SUBTITLE_PREFIX = {"video": "Subtitle content of this video: {subtitle}; ",
+                   "audio": "Subtitle content of the audio: {subtitle}; "}
+CLUES_PREFIX = {"video": "Clues of this video: {clues}; ", "audio": "Clues of the audio: {clues}; "}
 
-NO_CLUES = "none"
+
+def describe_prompt(subtitle: str, clues: str = "", modality: str = "video") -> str:
+    """MER2024 Table 2's description prompt for one clip: [subtitle part] [clues part] instruction (a part is
+    left out when its text is empty, as MERTools does for a clip without subtitle)."""
+    if modality not in DESCRIBE_INSTRUCTIONS:
+        raise UnknownNameError("description prompt", modality, list(DESCRIBE_INSTRUCTIONS))
+    s, c = " ".join(str(subtitle or "").split()), " ".join(str(clues or "").split())
+    return ((SUBTITLE_PREFIX[modality].format(subtitle=s) if s else "")
+            + (CLUES_PREFIX[modality].format(clues=c) if c else "") + DESCRIBE_INSTRUCTIONS[modality])
 
 
 @dataclass
@@ -51,6 +72,49 @@ class LLMResult:
     failures: dict[str, str] = field(default_factory=dict)
     answers: dict[str, str] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
+
+
+def read_inputs(path: str | Path, column: str, optional: Sequence[str] = ()) -> dict[str, dict[str, str]]:
+    """{name: {column: text, optional column: text}} from a UTF-8 CSV with a `name` column (input of
+    `trainer ov-predict`); a missing column, an empty or repeated name is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatstoreError(f"no input file {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        for need in ("name", column):
+            if need not in header:
+                raise FeatstoreError(f"{path}: no '{need}' column (found {', '.join(header) or 'no header'})")
+        out: dict[str, dict[str, str]] = {}
+        for line, row in enumerate(reader, start=2):
+            name = (row.get("name") or "").strip()
+            if not name:
+                raise FeatstoreError(f"{path} line {line}: empty name")
+            if name in out:
+                raise FeatstoreError(f"{path} line {line}: sample {name} appears twice")
+            out[name] = {c: row.get(c) or "" for c in (column, *optional) if c in header}
+    return out
+
+
+def write_failures(path: str | Path, result: LLMResult) -> int:
+    """CSV (name, reason, answer) of the samples that gave no label list; returns their number."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "reason", "answer"])
+        w.writerows((n, why, result.answers.get(n, "")) for n, why in result.failures.items())
+    return len(result.failures)
+
+
+def write_descriptions(path: str | Path, result: LLMResult, names: Sequence[str]) -> int:
+    """CSV (name, description) of the generated descriptions, in `names` order (a --descriptions input)."""
+    rows = [(n, result.descriptions[n]) for n in names if n in result.descriptions]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "description"])
+        w.writerows(rows)
+    return len(rows)
 
 
 def parse_answer(answer: str) -> list[str]:
@@ -167,23 +231,23 @@ def extract_labels(llm: LocalLLM | Callable[[Sequence[str]], list[str]], descrip
 
 
 def describe_and_extract(llm: LocalLLM | Callable[[Sequence[str]], list[str]], subtitles: Mapping[str, str],
-                         clues: Mapping[str, str] | None = None) -> LLMResult:
-    """Two passes: DESCRIBE_PROMPT over each clip's subtitle and clues, then EXTRACT_PROMPT over the
-    descriptions. A clip with neither subtitle nor clues is a failure (nothing to describe)."""
+                         clues: Mapping[str, str] | None = None, modality: str = "video") -> LLMResult:
+    """Two passes: describe_prompt over each clip's subtitle and clues (`modality`: the video or the audio form of
+    MER2024 Table 2), then EXTRACT_PROMPT over the descriptions. A clip with neither subtitle nor clues is a
+    failure (nothing to describe)."""
     generate = llm.generate if isinstance(llm, LocalLLM) else llm
     clues = clues or {}
     prompts, failed = {}, {}
     for n, sub in subtitles.items():
-        s, c = " ".join(str(sub or "").split()), " ".join(str(clues.get(n) or "").split())
-        if not s and not c:
+        if not str(sub or "").strip() and not str(clues.get(n) or "").strip():
             failed[n] = "no subtitle and no clues to describe"
             continue
-        prompts[n] = DESCRIBE_PROMPT.format(subtitle=s, clues=c or NO_CLUES)
+        prompts[n] = describe_prompt(sub, clues.get(n) or "", modality)
     descriptions = _generate_each(generate, prompts, failed)
     result = extract_labels(generate, descriptions)
     result.failures.update(failed)
     return result
 
 
-__all__ = ["EXTRACT_PROMPT", "DESCRIBE_PROMPT", "LLMResult", "LocalLLM", "parse_answer", "extract_labels",
-           "describe_and_extract"]
+__all__ = ["EXTRACT_PROMPT", "DESCRIBE_INSTRUCTIONS", "describe_prompt", "LLMResult", "LocalLLM", "parse_answer", "extract_labels",
+           "describe_and_extract", "read_inputs", "write_failures", "write_descriptions"]

@@ -30,7 +30,8 @@ from typing import Any, Union
 import numpy as np
 
 from featstore.errors import FeatstoreError
-from featstore.label_lists import OPENSET_LABEL, LabelListError, decode_label_lists, format_labels, parse_labels
+from featstore.label_lists import (OPENSET_LABEL, LabelListError, decode_label_lists, format_labels, parse_groups,
+                                  parse_labels)
 
 LabelSets = dict[str, list[str]]                        # sample name -> labels
 Groups = list[list[str]]                                 # one sample's synonym groups, head first
@@ -83,7 +84,7 @@ class OVReport:
     n_scored: int
     empty_truth: list[str] = field(default_factory=list)      # excluded: nothing to recall
     empty_pred: list[str] = field(default_factory=list)       # scored 0 (includes missing_pred)
-    missing_pred: list[str] = field(default_factory=list)     # truth samples without a prediction row
+    missing_pred: list[str] = field(default_factory=list)     # scored truth samples without a prediction row
     extra_pred: list[str] = field(default_factory=list)       # prediction rows the truth does not have
     per_sample: list[dict[str, Any]] = field(default_factory=list)
 
@@ -94,23 +95,23 @@ class OVReport:
             d.pop("per_sample")
         return d
 
-    def notes(self, show: int = 10) -> list[str]:
-        """One line per kind of input that was excluded, zeroed or ignored (first `show` names each)."""
+    def notes(self, show: int = 10, kinds: Sequence[str] = ("empty_truth", "missing_pred", "extra_pred", "empty_pred")
+              ) -> list[str]:
+        """One line per kind of input that was excluded, zeroed or ignored (first `show` names each), for the
+        `kinds` asked (empty_pred counts the empty rows that exist, not the missing ones)."""
         def names(xs: list[str]) -> str:
             return ", ".join(xs[:show]) + (f" (+{len(xs) - show} more)" if len(xs) > show else "")
-        out = []
-        if self.empty_truth:
-            out.append(f"{len(self.empty_truth)} sample(s) with an empty truth set excluded: {names(self.empty_truth)}")
-        if self.missing_pred:
-            out.append(f"{len(self.missing_pred)} truth sample(s) have no prediction row (scored as empty "
-                       f"predictions): {names(self.missing_pred)}")
-        if self.extra_pred:
-            out.append(f"{len(self.extra_pred)} prediction row(s) name samples the truth does not have (ignored): "
-                       f"{names(self.extra_pred)}")
-        others = [n for n in self.empty_pred if n not in set(self.missing_pred)]
-        if others:
-            out.append(f"{len(others)} empty prediction set(s) scored 0: {names(others)}")
-        return out
+        missing = set(self.missing_pred)
+        lines = {
+            "empty_truth": (self.empty_truth, "sample(s) with an empty truth set excluded"),
+            "missing_pred": (self.missing_pred, "truth sample(s) have no prediction row (scored as empty predictions)"),
+            "extra_pred": (self.extra_pred, "prediction row(s) name samples the truth does not have (ignored)"),
+            "empty_pred": ([n for n in self.empty_pred if n not in missing], "empty prediction set(s) scored 0"),
+        }
+        unknown = [k for k in kinds if k not in lines]
+        if unknown:
+            raise FeatstoreError(f"unknown note kind '{unknown[0]}' (known: {', '.join(lines)})")
+        return [f"{len(xs)} {what}: {names(xs)}" for k in kinds for xs, what in [lines[k]] if xs]
 
 
 def _groups_for(source: GroupSource, name: str) -> Groups | None:
@@ -135,12 +136,12 @@ def evaluate(truth: Mapping[str, Sequence[str]], pred: Mapping[str, Sequence[str
         labels_t = list(truth[name])
         have_pred = name in pred
         labels_p = list(pred[name]) if have_pred else []
-        if not have_pred:
-            report.missing_pred.append(name)
         sc = score_sample(labels_t, labels_p, _groups_for(groups, name))
         if sc is None:
             report.empty_truth.append(name)
             continue
+        if not have_pred:
+            report.missing_pred.append(name)
         if not _mapped(labels_p, {}):
             report.empty_pred.append(name)
         acc.append(sc[0])
@@ -209,16 +210,35 @@ def write_label_csv(path: str | Path, labels: Mapping[str, Sequence[str]]) -> in
 
 
 def _as_groups(value: Any, where: str) -> Groups:
-    if not isinstance(value, list) or not all(isinstance(g, list) and all(isinstance(x, str) for x in g)
-                                              for g in value):
-        raise FeatstoreError(f"{where}: synonym groups must be a list of lists of strings")
-    return [list(g) for g in value if g]
+    try:
+        return parse_groups(value)
+    except LabelListError as exc:
+        raise FeatstoreError(f"{where}: malformed synonym groups: {exc}") from None
+
+
+def _read_group_folder(path: Path) -> dict[str, Groups]:
+    """MERTools' openset-synonym/ folder: one <sample>.npy per sample holding the LLM's answer (a string)."""
+    out: dict[str, Groups] = {}
+    files = sorted(path.glob("*.npy"))
+    if not files:
+        raise FeatstoreError(f"synonym folder {path} holds no <sample>.npy files")
+    for f in files:
+        try:
+            value = np.load(f, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FeatstoreError(f"{f}: not a plain .npy array ({exc})") from None
+        out[f.stem] = _as_groups(value.tolist(), str(f))
+    return out
 
 
 def read_groups(path: str | Path) -> GroupSource:
-    """Synonym groups from JSON: {"samples": [{"name", "synonym_groups"}]} (the MER-OV reference file),
-    {name: [[head, synonym, ...], ...]} (per sample), or [[head, synonym, ...], ...] (every sample)."""
+    """Synonym groups from JSON -- {"samples": [{"name", "synonym_groups"}]} (the MER-OV reference file),
+    {name: [[head, synonym, ...], ...]} (per sample; a value may also be the LLM's answer as one string), or
+    [[head, synonym, ...], ...] (every sample) -- or from a folder of <sample>.npy answers (MERTools'
+    openset-synonym/, unzipped from ov_store/openset-synonym.zip)."""
     path = Path(path)
+    if path.is_dir():
+        return _read_group_folder(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -246,8 +266,15 @@ def read_reference(path: str | Path) -> tuple[LabelSets, LabelSets, dict[str, Gr
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(groups, dict) or not isinstance(data, dict) or not isinstance(data.get("samples"), list):
         raise FeatstoreError(f"{path}: not a MER-OV reference file (expected {{\"samples\": [...]}})")
-    truth = {str(s["name"]): parse_labels(s.get("truth")) for s in data["samples"]}
-    pred = {str(s["name"]): parse_labels(s.get("predicted")) for s in data["samples"]}
+    truth: LabelSets = {}
+    pred: LabelSets = {}
+    for i, s in enumerate(data["samples"]):
+        name = str(s["name"])
+        for key, into in (("truth", truth), ("predicted", pred)):
+            try:
+                into[name] = parse_labels(s.get(key))
+            except LabelListError as exc:
+                raise FeatstoreError(f"{path} samples[{i}] (sample {name}): malformed '{key}' list: {exc}") from None
     return truth, pred, groups
 
 
