@@ -544,6 +544,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "steps": (Annotated[Optional[int], typer.Option("--steps", help="Sequence models: cap on each feature's time steps (longer sequences are average-pooled by an integer factor).")], None),
     "aligned": (Annotated[Optional[bool], typer.Option("--aligned/--unaligned", help="Sequence models: resample every modality of a sample to one time axis (its text length), or keep each its own (default: what the model needs; unaligned for mult).")], None),
     "protocol": (ProtocolOpt, "mertools"),
+    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (large batches, cosine lr, early stopping, strict selection); fills the options left at their defaults.")], "default"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
     "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),
@@ -587,11 +588,14 @@ def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _protocol(**kw: Any):  # noqa: ANN202
     from trainer.protocol import Protocol
 
+    from trainer.presets import apply_preset
+
     seeds = kw.pop("seeds")
     splits = kw.pop("test_splits", None)
+    preset = kw.pop("preset", "default")
     try:
-        return Protocol(seeds=tuple(int(s) for s in _split_names(seeds)),
-                        test_splits=tuple(_split_names(splits)) if splits else None, **kw)
+        return apply_preset(Protocol(seeds=tuple(int(s) for s in _split_names(seeds)),
+                                     test_splits=tuple(_split_names(splits)) if splits else None, **kw), preset)
     except ValueError as exc:
         raise FeatstoreError(str(exc)) from None
 
@@ -634,7 +638,7 @@ def trainer_run_cmd(
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
     weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
     max_models: Optional[int], test_splits: Optional[str], results: Optional[Path], store: str, as_json: bool,
-    steps: Optional[int], aligned: Optional[bool],
+    steps: Optional[int], aligned: Optional[bool], preset: str,
 ) -> None:
     """Run one experiment (all folds and seeds) and record it in the results database."""
     import csv
@@ -648,7 +652,8 @@ def trainer_run_cmd(
     t0 = time.perf_counter()
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
-                      bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned)
+                      bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned, preset=preset)
+    epochs = proto.epochs
     fs = _open(store, read_only=True)
     features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
                              video=_split_names(video), corruption=corruption, test_corruption=test_corruption,
@@ -660,7 +665,7 @@ def trainer_run_cmd(
                                 progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
                                 if ev == "epoch" else None)
     db = _results_db(results, fs.path)
-    added = record(db, result, test_corruption=test_corruption)
+    added = record(db, result, preset=preset, test_corruption=test_corruption)
     summary = [d for d in result.summary() if d["split"] != "inner"]
     wall = time.perf_counter() - t0
     if save_predictions:
@@ -673,14 +678,15 @@ def trainer_run_cmd(
                     w.writeheader()
                     w.writerows(rows)
     if as_json:
-        _print_json({"dataset": dataset, "fusion": fusion, "mode": protocol, "features": result.features,
+        _print_json({"dataset": dataset, "fusion": fusion, "mode": proto.mode, "preset": preset, "features": result.features,
                      "branches": result.branches, "folds": result.folds, "seeds": list(proto.seeds), "wall_s": wall,
                      "counts": result.counts, "warnings": result.warnings, "config": result.configs[0],
                      "protocol": proto.as_dict(),
                      "splits": {d["split"]: {m: {"mean": d[f"{m}_mean"], "std": d[f"{m}_std"]}
                                              for m in ("acc", "waf", "mse")} | {"n": d["n"]} for d in summary}})
         return
-    t = Table(title=f"{dataset}: {fusion}, {protocol} protocol, {result.folds}, seeds {list(proto.seeds)} "
+    t = Table(title=f"{dataset}: {fusion}, {proto.mode} protocol{'' if preset == 'default' else f', {preset} preset'}, "
+                    f"{result.folds}, seeds {list(proto.seeds)} "
                     f"({wall:.1f} s; {added} rows recorded in {db.path})", title_justify="left")
     for col in ("split", "n", "ACC", "WAF", "valence MSE"):
         t.add_column(col, no_wrap=True)
@@ -745,6 +751,7 @@ def trainer_rank_cmd(
     rank_by: Annotated[str, typer.Option("--rank-by", help="cv (CV WAF) | test (mean WAF of the test splits, MER2024 Table 3).")] = "cv",
     rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Show another dataset's ranking from the database (MERBench Table 10); trains nothing.")] = None,
     trials: Annotated[int, typer.Option(help="Configs per encoder: the whole 24-point space hidden {64,128,256} x lr {1e-3,1e-4} x dropout {.2,.3,.4,.5} when >= 24, else a seeded sample.")] = 24,
+    fast: Annotated[bool, typer.Option("--fast", help="Rank with the linear baseline (logistic regression, C chosen on held-out rows): about a second an encoder.")] = False,
     *,
     corruption: str, protocol: str, epochs: int, batch_size: int, weight_decay: float, folds: str, seeds: str,
     threads: int, bf16: bool, max_models: Optional[int], workers: Optional[int], scheduler: Optional[str],
@@ -758,7 +765,8 @@ def trainer_rank_cmd(
     fs = _open(store, read_only=True)
     db = _results_db(results, fs.path)
     if rank_from:
-        order = ranking(db, rank_from, corruption=corruption, rank_by=rank_by, mode=protocol)
+        order = ranking(db, rank_from, corruption=corruption, rank_by=rank_by, mode=protocol,
+                        fusion="linear" if fast else "mlp")
         if not order:
             raise FeatstoreError(f"no ranking of dataset {rank_from} in {db.path}; run `trainer rank --dataset {rank_from}` first")
         rep = None
@@ -767,7 +775,7 @@ def trainer_rank_cmd(
                           weight_decay=weight_decay, seeds=seeds, threads=threads, bf16=bf16)
         with _cluster(workers, scheduler) as client, _progress() as prog:
             rep, order = run_rank(fs, db, dataset, proto, n_trials=trials, corruption=corruption, modality=modality,
-                                  rank_by=rank_by, client=client, max_models=max_models,
+                                  rank_by=rank_by, client=client, max_models=max_models, fast=fast,
                                   progress=_search_progress(prog, f"rank {dataset}"))
     if as_json:
         _print_json({"dataset": rank_from or dataset, "rank_by": rank_by, "ranking": _ranking_json(order),
@@ -792,7 +800,7 @@ def trainer_grid_cmd(
     fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
     weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, max_models: Optional[int],
     test_splits: Optional[str], workers: Optional[int], scheduler: Optional[str], results: Optional[Path],
-    store: str, as_json: bool, steps: Optional[int], aligned: Optional[bool],
+    store: str, as_json: bool, steps: Optional[int], aligned: Optional[bool], preset: str,
 ) -> None:
     """Search Top-N feature sets x modality combinations x hidden {64,128,256} x lr {1e-3,1e-4} x dropout
     {.2,.3,.4,.5} (or the fusion's own space); `--fusion all` runs every registered fusion; resumable (trials in
@@ -804,7 +812,8 @@ def trainer_grid_cmd(
     if workers is not None and scheduler is not None:
         raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned)
+                      seeds=seeds, threads=threads, bf16=bf16, test_splits=test_splits, steps=steps, aligned=aligned,
+                      preset=preset)
     fs = _open(store, read_only=True)
     db = _results_db(results, fs.path)
     from featstore.errors import MissingFramesError
@@ -821,6 +830,7 @@ def trainer_grid_cmd(
                 sub = run_grid(fs, db, dataset, proto, topn=ns, combos=combos, fusion=f, n_trials=trials,
                                corruption=corruption, test_corruption=test_corruption, rank_by=rank_by,
                                rank_from=rank_from, rank_trials=rank_trials, client=client, max_models=max_models,
+                               preset=preset,
                                progress=_search_progress(prog, f"grid {dataset} {f}"),
                                model_options={"softmax": True} if softmax and f == "attention" else None)
             except MissingFramesError as exc:
@@ -1089,7 +1099,7 @@ def _ov_print(rows: list[tuple[str, Any]], grouping: str, notes: list[str], as_j
         return
     t = Table(title=f"MER-OV set-level scores (groups: {grouping})")
     for c in ("predictions", "accuracy", "recall", "average", "scored", "empty truth", "empty pred"):
-        t.add_column(c, justify="left" if c == "predictions" else "right")
+        t.add_column(c, justify="left" if c == "predictions" else "right", overflow="fold")
     for n, r in rows:
         t.add_row(n, f"{r.accuracy:.4f}", f"{r.recall:.4f}", f"{r.average:.4f}", str(r.n_scored),
                   str(len(r.empty_truth)), str(len(r.empty_pred)))
@@ -1132,36 +1142,43 @@ def trainer_ov_predict_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 8,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the hub model's own code.")] = False,
     failures: Annotated[Optional[Path], typer.Option("--failures", help="Also write the failed samples (name, reason, answer) here.")] = None,
+    describe_as: Annotated[str, typer.Option("--describe-as", help="With --subtitles: the video or the audio form of MER2024 Table 2's description prompt.")] = "video",
+    save_descriptions: Annotated[Optional[Path], typer.Option("--save-descriptions", help="With --subtitles: also write the generated descriptions (name, description), a --descriptions input.")] = None,
+    column: Annotated[Optional[str], typer.Option("--column", help="The text column of the input CSV (default: description | subtitle), e.g. english for MER2024's label-transcription.csv.")] = None,
+    names_from: Annotated[Optional[Path], typer.Option("--names", help="Only the samples named in this CSV's name column (e.g. check-openset.csv), in its order.")] = None,
 ) -> None:
     """Open-vocabulary labels from a local LLM with the MER2024 prompts; answers that are not a list are recorded
     per sample and the run goes on (a failed sample gets an empty list in the CSV)."""
-    import csv
-
-    from featstore.datasets.csv import read_rows
-    from featstore.ov_llm import LocalLLM, describe_and_extract, extract_labels
+    from featstore.errors import UnknownNameError
+    from featstore.ov_llm import (DESCRIBE_INSTRUCTIONS, LocalLLM, describe_and_extract, extract_labels, read_inputs,
+                                  write_descriptions, write_failures)
     from trainer.ov import write_label_csv
 
     if (descriptions is None) == (subtitles is None):
         raise FeatstoreError("give exactly one of --descriptions CSV or --subtitles CSV")
-    src = descriptions or subtitles
+    if describe_as not in DESCRIBE_INSTRUCTIONS:
+        raise UnknownNameError("description prompt", describe_as, list(DESCRIBE_INSTRUCTIONS))
+    src = descriptions if descriptions is not None else subtitles
     assert src is not None
-    rows, header = read_rows(src, src.name, ("name", "description" if descriptions else "subtitle"))
+    col = column or ("description" if descriptions is not None else "subtitle")
+    rows = read_inputs(src, col, () if descriptions is not None else ("clues",))
+    names = list(read_inputs(names_from, "name")) if names_from is not None else list(rows)
+    texts = {n: rows[n][col] for n in names if n in rows}
     llm = LocalLLM.load(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)
-    if descriptions:
-        res = extract_labels(llm, {r["name"].strip(): r["description"] for r in rows})
+    if descriptions is not None:
+        res = extract_labels(llm, texts)
     else:
-        res = describe_and_extract(llm, {r["name"].strip(): r["subtitle"] for r in rows},
-                                   {r["name"].strip(): r.get("clues", "") for r in rows} if "clues" in header else None)
-    names = [r["name"].strip() for r in rows]
-    n = write_label_csv(out, {name: res.labels.get(name, []) for name in names})
+        res = describe_and_extract(llm, texts, {n: rows[n].get("clues", "") for n in texts}, modality=describe_as)
+        if save_descriptions:
+            write_descriptions(save_descriptions, res, names)
+    for n in names:
+        if n not in rows:
+            res.failures[n] = f"no row in {src.name}"
+    n_written = write_label_csv(out, {n: res.labels.get(n, []) for n in names})
     if failures:
-        with open(failures, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "reason", "answer"])
-            for name, why in res.failures.items():
-                w.writerow([name, why, res.answers.get(name, "")])
-    console.print(f"wrote {n} label lists to {out}; {len(res.failures)} sample(s) failed"
+        write_failures(failures, res)
+    console.print(f"wrote {n_written} label lists to {out}; {len(res.failures)} sample(s) failed"
                   + (f" (listed in {failures})" if failures and res.failures else ""))
     for name, why in list(res.failures.items())[:10]:
         err_console.print(f"[yellow]{name}:[/] {why}", highlight=False)
@@ -1201,7 +1218,7 @@ def trainer_ov_baseline_cmd(
                                 progress=lambda ev, info: prog.update(task, completed=info.get("epoch", 0))
                                 if ev == "epoch" else None)
     probs = out_of_fold_probabilities(result)
-    missing = [n for n in t if n not in probs]
+    missing = [n for n in t if n not in probs and t[n]]
     # every baseline predicts among the classes: one grouping of (truth + classes) per sample serves them all
     g, grouping = _ov_groups(groups, group_by, t, {n: list(features.classes) for n in t}, None)
     clf, thresholds = crossfit_thresholds(t, probs, features.classes, g, seed=seed)
@@ -1212,8 +1229,10 @@ def trainer_ov_baseline_cmd(
         out_dir.mkdir(parents=True, exist_ok=True)
         for (name, p) in zip(("empty", "random", "classifier"), preds.values()):
             write_label_csv(out_dir / f"{dataset}-ov-{name}.csv", p)
-    notes = [f"{len(missing)} truth sample(s) have no out-of-fold prediction (not in the trained subset; scored "
-             f"as empty by the classifier): {', '.join(missing[:5])}"] if missing else []
+    notes = rows[0][1].notes(kinds=("empty_truth",))          # the same truth for every baseline
+    if missing:
+        notes.append(f"{len(missing)} truth sample(s) have no out-of-fold prediction (not in the trained subset; "
+                     f"scored as empty by the classifier): {', '.join(missing[:5])}")
     _ov_print(rows, grouping, notes, as_json)
 
 

@@ -101,7 +101,7 @@ def test_a_small_dataset_falls_back_to_a_smaller_batch_and_says_so(tmp_path: Pat
     make_store(path, n_train=60, n_test=20, signal=1.0)
     f = load_features(path, "synth", **ENCS)
     r = run_experiment(f, "attention", fast(epochs=3))
-    note = next(w for w in r.warnings if w.startswith("batch size 256 is too large"))
+    note = next(w for w in r.warnings if w.startswith(f"batch size {PRESETS['fast']['batch_size']} is too large"))
     assert "32 training rows" in note and "using batch size 8" in note    # 40 a fold less the inner 20%, / 4
     assert r.protocol.batch_size == 8
 
@@ -146,7 +146,7 @@ def test_rank_fast_and_the_report_marks_the_preset(store: Path, tmp_path: Path) 
     assert res.exit_code == 0, res.output
     run = json.loads(res.output[res.output.index("{"):])
     assert run["preset"] == "fast" and run["mode"] == "strict" and run["protocol"]["schedule"] == "cosine"
-    assert any(w.startswith("batch size 256 is too large") for w in run["warnings"])   # ~133 rows a fold
+    assert any(w.startswith("batch size 128 is too large") for w in run["warnings"])   # ~107 rows a fold
     rep = runner.invoke(trainer_app, ["report", "--store", str(store), "--results", db])
     assert "strict, fast preset" in rep.output
     bad = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",

@@ -59,3 +59,19 @@ def test_predict_only_splits_get_nan_figures() -> None:
     assert s == Scores() and s.n == 0 and math.isnan(s.waf)
     with pytest.raises(ValueError, match="selection"):
         score("f1", emotion=np.zeros(3, int), logits=np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_scores_equal_scikit_learns(seed: int) -> None:
+    from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
+
+    from trainer.metrics import accuracy, mse, waf
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    t = rng.integers(0, 6, n)
+    p = rng.integers(0, 4 + seed % 3, n)          # some classes never predicted, some predicted but never true
+    assert waf(t, p) == pytest.approx(f1_score(t, p, average="weighted", zero_division=0), abs=1e-12)
+    assert accuracy(t, p) == pytest.approx(accuracy_score(t, p), abs=1e-12)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    assert mse(a, b) == pytest.approx(mean_squared_error(a, b), rel=1e-12)

@@ -1,4 +1,8 @@
-"""Scores as MERTools computes them, always through scikit-learn: ACC, WAF, valence MSE, sentiment sign scores.
+"""Scores as MERTools computes them: ACC, WAF, valence MSE, sentiment sign scores.
+
+The formulas are scikit-learn's (`accuracy_score`, `f1_score(average='weighted', zero_division=0)`,
+`mean_squared_error`), written in numpy here so that a `trainer` command does not pay scikit-learn's 1.4 s
+import; tests/test_trainer_metrics.py checks them against scikit-learn on random labels.
 
 MERTools (MER2024/toolkit/dataloader/*.py `calculate_results`, toolkit/utils/metric.py):
 - emotion: argmax of the logits; `accuracy_score` and `f1_score(average='weighted')` (WAF);
@@ -14,25 +18,37 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
 
 SELECTIONS = ("waf", "waf-0.25mse", "sentiment")
 MSE_WEIGHT = 0.25  # MERTools overall_metric: emo_fscore - val_mse * 0.25
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Accuracy (scikit-learn)."""
-    return float(accuracy_score(y_true, y_pred))
+    """Accuracy: the share of rows predicted right (scikit-learn's accuracy_score)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
 
 
 def waf(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Weighted-average F1 (scikit-learn `f1_score(average='weighted')`; a class never predicted scores 0)."""
-    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    """Weighted-average F1 over the labels of truth and prediction, weighted by their support in the truth; a
+    class never predicted (or never true) scores 0 (scikit-learn's f1_score(average='weighted', zero_division=0))."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels, inv = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    t, p = inv[:len(y_true)], inv[len(y_true):]
+    L = len(labels)
+    tp = np.bincount(t[t == p], minlength=L).astype(np.float64)
+    support = np.bincount(t, minlength=L).astype(np.float64)
+    predicted = np.bincount(p, minlength=L).astype(np.float64)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros(L), where=denom > 0)
+    total = support.sum()
+    return float((f1 * support).sum() / total) if total > 0 else 0.0
 
 
 def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean squared error (scikit-learn)."""
-    return float(mean_squared_error(y_true, y_pred))
+    """Mean squared error (scikit-learn's mean_squared_error)."""
+    d = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
+    return float(np.mean(d * d))
 
 
 def mer2023_score(waf_value: float, mse_value: float) -> float:

@@ -1,0 +1,96 @@
+"""Figure: time-to-accuracy of `--preset fast` against the MERTools protocol (`--preset default`), as a user sees it.
+
+Every point is one `trainer run` command, timed from the moment the process starts to its result (Python
+start-up, imports, reading the features from the store, all 5 folds, scoring and recording included), on a
+synthetic store with MER2024 shapes (trainer.synthetic.make_store: 5,030 train / 1,000 test rows, six
+imbalanced classes with valence, planted signal 0.35, attention fusion). The curve: test WAF (fold-averaged
+logits) against wall seconds for a few epoch budgets of each preset. Then the same two presets at their
+default epochs on two other settings: unimodal (acoustic 1024-d) and Top-3 (three acoustic and three visual
+encoders, one branch each).
+
+    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~15-25 minutes)
+    .venv/bin/python benchmarks/fast_preset.py --quick         # smoke run (small store, a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine, uptime  # noqa: E402
+
+from trainer.synthetic import make_store  # noqa: E402
+
+TRAINER = str(Path(sys.executable).with_name("trainer"))
+MAIN = {"audio-1024": ("audio", 1024), "text-5120": ("text", 5120), "video-768": ("visual", 768)}
+TOP3 = {**{f"audio-{i}": ("audio", 1024) for i in range(3)}, **{f"video-{i}": ("visual", 768) for i in range(3)}}
+
+
+def run(store: Path, db: Path, args: list[str]) -> tuple[float, float, float, list[str]]:
+    """(wall s, test WAF, CV WAF, warnings) of one `trainer run ... --json` command."""
+    t0 = time.perf_counter()
+    out = subprocess.run([TRAINER, "run", "--store", str(store), "--dataset", "synth", "--folds", "cv5",
+                          "--threads", "2", "--results", str(db), "--json", *args],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise SystemExit(f"trainer run {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    res = json.loads(out.stdout[out.stdout.index("{"):])
+    return wall, res["splits"]["test1"]["waf"]["mean"], res["splits"]["cv"]["waf"]["mean"], res["warnings"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--default-epochs", default="25,50,100", help="epoch budgets of the default preset")
+    ap.add_argument("--fast-epochs", default="6,12,24", help="epoch budgets of the fast preset (12: its own)")
+    ap.add_argument("--no-others", action="store_true", help="only the main setting")
+    a = ap.parse_args()
+    n_train, n_test = (600, 200) if a.quick else (5030, 1000)
+    if a.quick:
+        a.default_epochs, a.fast_epochs = "5", "4"
+    print(f"# fast_preset  {machine()}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {uptime()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "r.sqlite"
+        stores = {}
+        for name, dims in (("main", MAIN), ("top3", TOP3)):
+            stores[name] = Path(tmp) / f"{name}.zarr"
+            make_store(stores[name], n_train=n_train, n_test=n_test, dims=dims, signal=0.35, seed=0)
+        main_args = ["--audio", "audio-1024", "--text", "text-5120", "--video", "video-768"]
+        print(f"\n## main: A1024 + L5120 + V768, {n_train} train / {n_test} test, attention, 5 folds, 2 threads\n")
+        print("| preset | epochs | wall s (whole command) | test WAF | CV WAF | notes |")
+        print("|---|---|---|---|---|---|")
+        for preset, budgets in (("default", a.default_epochs), ("fast", a.fast_epochs)):
+            for e in budgets.split(","):
+                wall, test, cv, warns = run(stores["main"], db, [*main_args, "--preset", preset, "--epochs", e])
+                note = "; ".join(w for w in warns if "stopp" in w or "budget" in w or "batch size" in w)
+                print(f"| {preset} | {e} | {wall:.1f} | {test:.4f} | {cv:.4f} | {note} |", flush=True)
+        if a.no_others:
+            return
+        others = {"unimodal A1024": (stores["main"], ["--audio", "audio-1024"]),
+                  "Top-3 A + Top-3 V": (stores["top3"], ["--audio", "audio-0,audio-1,audio-2",
+                                                          "--video", "video-0,video-1,video-2"])}
+        print("\n## other settings, each preset at its own epochs\n")
+        print("| setting | preset | wall s | test WAF | CV WAF |")
+        print("|---|---|---|---|---|")
+        for label, (store, args) in others.items():
+            for preset in ("default", "fast"):
+                extra = ["--epochs", "5"] if a.quick else []
+                wall, test, cv, _ = run(store, db, [*args, "--preset", preset, *extra])
+                print(f"| {label} | {preset} | {wall:.1f} | {test:.4f} | {cv:.4f} |", flush=True)
+    print(f"\n# done {time.strftime('%H:%M UTC', time.gmtime())}; {uptime()}")
+
+
+if __name__ == "__main__":
+    main()
