@@ -21,9 +21,11 @@ compact JSON (`encode_label_lists` / `decode_label_lists`); code -1 = the sample
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,6 +195,31 @@ def parse_groups(value: Any) -> list[list[str]]:
     if text[i + 1:].strip():
         raise LabelListError(f"text after the list of groups: '{text[i + 1:].strip()[:30]}'")
     return groups
+
+
+def named_rows(path: str | Path, what: str = "file") -> tuple[list[str], list[tuple[int, str, dict[str, str]]]]:
+    """(header, [(line, name, row)]) of a UTF-8 CSV keyed by a `name` column (MER-OV label and input files);
+    a missing file or name column, an empty or repeated name is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatstoreError(f"no {what} {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        if "name" not in header:
+            raise FeatstoreError(f"{path}: no 'name' column (found {', '.join(header) or 'no header'})")
+        out: list[tuple[int, str, dict[str, str]]] = []
+        seen: set[str] = set()
+        for line, row in enumerate(reader, start=2):
+            name = (row.get("name") or "").strip()
+            if not name:
+                raise FeatstoreError(f"{path} line {line}: empty name")
+            if name in seen:
+                raise FeatstoreError(f"{path} line {line}: sample {name} appears twice")
+            seen.add(name)
+            out.append((line, name, row))
+    return header, out
 
 
 def format_labels(labels: Sequence[str]) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError, UnknownNameError
-from featstore.label_lists import LabelListError, parse_list_prefix
+from featstore.label_lists import LabelListError, named_rows, parse_list_prefix
 
 EXTRACT_PROMPT = (
     "Please assume the role of an expert in the field of emotions. We provide clues that may be related to the "
@@ -77,25 +77,10 @@ class LLMResult:
 def read_inputs(path: str | Path, column: str, optional: Sequence[str] = ()) -> dict[str, dict[str, str]]:
     """{name: {column: text, optional column: text}} from a UTF-8 CSV with a `name` column (input of
     `trainer ov-predict`); a missing column, an empty or repeated name is an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FeatstoreError(f"no input file {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        for need in ("name", column):
-            if need not in header:
-                raise FeatstoreError(f"{path}: no '{need}' column (found {', '.join(header) or 'no header'})")
-        out: dict[str, dict[str, str]] = {}
-        for line, row in enumerate(reader, start=2):
-            name = (row.get("name") or "").strip()
-            if not name:
-                raise FeatstoreError(f"{path} line {line}: empty name")
-            if name in out:
-                raise FeatstoreError(f"{path} line {line}: sample {name} appears twice")
-            out[name] = {c: row.get(c) or "" for c in (column, *optional) if c in header}
-    return out
+    header, rows = named_rows(path, "input file")
+    if column not in header:
+        raise FeatstoreError(f"{path}: no '{column}' column (found {', '.join(header) or 'no header'})")
+    return {name: {c: row.get(c) or "" for c in (column, *optional) if c in header} for _, name, row in rows}
 
 
 def write_failures(path: str | Path, result: LLMResult) -> int:

@@ -30,8 +30,8 @@ from typing import Any, Union
 import numpy as np
 
 from featstore.errors import FeatstoreError
-from featstore.label_lists import (OPENSET_LABEL, LabelListError, decode_label_lists, format_labels, parse_groups,
-                                  parse_labels)
+from featstore.label_lists import (OPENSET_LABEL, LabelListError, decode_label_lists, format_labels, named_rows,
+                                  parse_groups, parse_labels)
 
 LabelSets = dict[str, list[str]]                        # sample name -> labels
 Groups = list[list[str]]                                 # one sample's synonym groups, head first
@@ -163,34 +163,21 @@ def read_label_csv(path: str | Path, column: str | None = None) -> LabelSets:
     The label column is `column`, else the first of openset/labels/prediction/pred present, else the only
     column besides `name`. A malformed list, an empty or repeated name is an error naming the line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FeatstoreError(f"no label file {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        if "name" not in header:
-            raise FeatstoreError(f"{path}: no 'name' column (found {', '.join(header) or 'no header'})")
-        if column is None:
-            column = next((c for c in LABEL_COLUMNS if c in header), None)
-            rest = [h for h in header if h != "name"]
-            if column is None and len(rest) == 1:
-                column = rest[0]
-        if column is None or column not in header:
-            raise FeatstoreError(f"{path}: no label column '{column or OPENSET_LABEL}' (found {', '.join(header)})")
-        out: LabelSets = {}
-        for line, row in enumerate(reader, start=2):
-            name = (row.get("name") or "").strip()
-            if not name:
-                raise FeatstoreError(f"{path} line {line}: empty name")
-            if name in out:
-                raise FeatstoreError(f"{path} line {line}: sample {name} appears twice")
-            try:
-                out[name] = parse_labels(row.get(column))
-            except LabelListError as exc:
-                raise FeatstoreError(f"{path} line {line} (sample {name}): malformed label list "
-                                     f"{(row.get(column) or '')[:60]!r}: {exc}") from None
+    header, rows = named_rows(path, "label file")
+    if column is None:
+        column = next((c for c in LABEL_COLUMNS if c in header), None)
+        rest = [h for h in header if h != "name"]
+        if column is None and len(rest) == 1:
+            column = rest[0]
+    if column is None or column not in header:
+        raise FeatstoreError(f"{path}: no label column '{column or OPENSET_LABEL}' (found {', '.join(header)})")
+    out: LabelSets = {}
+    for line, name, row in rows:
+        try:
+            out[name] = parse_labels(row.get(column))
+        except LabelListError as exc:
+            raise FeatstoreError(f"{path} line {line} (sample {name}): malformed label list "
+                                 f"{(row.get(column) or '')[:60]!r}: {exc}") from None
     return out
 
 

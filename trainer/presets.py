@@ -23,8 +23,8 @@ from trainer.protocol import Protocol
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "fast": {"mode": "strict", "batch_size": 128, "lr": 1e-3, "dropout": 0.3, "epochs": 12, "schedule": "cosine",
-             "warmup": 0.1, "patience": 4, "min_steps": 4},
+    "fast": {"mode": "strict", "batch_size": 64, "lr": 2e-3, "dropout": 0.3, "epochs": 6, "schedule": "cosine",
+             "warmup": 0.1, "patience": 3, "min_steps": 4},
 }
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
