@@ -75,3 +75,7 @@ def test_numpy_scores_equal_scikit_learns(seed: int) -> None:
     assert accuracy(t, p) == pytest.approx(accuracy_score(t, p), abs=1e-12)
     a, b = rng.normal(size=n), rng.normal(size=n)
     assert mse(a, b) == pytest.approx(mean_squared_error(a, b), rel=1e-12)
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    from trainer.metrics import confusion_matrix
+    assert confusion_matrix(t, p, 6).tolist() == sk_confusion(t, p, labels=list(range(6))).tolist()

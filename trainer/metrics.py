@@ -1,7 +1,7 @@
 """Scores as MERTools computes them: ACC, WAF, valence MSE, sentiment sign scores.
 
 The formulas are scikit-learn's (`accuracy_score`, `f1_score(average='weighted', zero_division=0)`,
-`mean_squared_error`), written in numpy here so that a `trainer` command does not pay scikit-learn's 1.4 s
+`mean_squared_error`, `confusion_matrix`), written in numpy here so that a `trainer` command does not pay scikit-learn's 1.4 s
 import; tests/test_trainer_metrics.py checks them against scikit-learn on random labels.
 
 MERTools (MER2024/toolkit/dataloader/*.py `calculate_results`, toolkit/utils/metric.py):
@@ -43,6 +43,14 @@ def waf(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     f1 = np.divide(2 * tp, denom, out=np.zeros(L), where=denom > 0)
     total = support.sum()
     return float((f1 * support).sum() / total) if total > 0 else 0.0
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_classes, n_classes] counts, rows the true class, columns the predicted one (scikit-learn's
+    confusion_matrix with labels=range(n_classes); codes outside that range are not counted)."""
+    t, p = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    ok = (t >= 0) & (t < n_classes) & (p >= 0) & (p < n_classes)
+    return np.bincount(t[ok] * n_classes + p[ok], minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from trainer.fit import ExperimentResult
+from trainer.metrics import confusion_matrix
 from trainer.protocol import Protocol
 from trainer.results import ResultsDB, config_hash
 
@@ -70,8 +71,6 @@ def result_rows(result: ExperimentResult, preset: str = "default", test_corrupti
 def output_rows(result: ExperimentResult, preset: str = "default", test_corruption: str | None = None) -> list[dict[str, Any]]:
     """Per (config, seed, split) of the fold-averaged prediction: the confusion matrix (labelled rows only) and the
     mean attention weight per branch (fusions that have them); 'cv' uses the out-of-fold predictions."""
-    from sklearn.metrics import confusion_matrix
-
     hashes = trial_hashes(result, preset, test_corruption)
     C = len(result.classes)
     out = []
@@ -83,7 +82,7 @@ def output_rows(result: ExperimentResult, preset: str = "default", test_corrupti
             lab = true >= 0
             if lab.any():
                 row["classes"] = list(result.classes)
-                row["confusion"] = confusion_matrix(true[lab], logits[lab].argmax(axis=1), labels=list(range(C))).tolist()
+                row["confusion"] = confusion_matrix(true[lab], logits[lab].argmax(axis=1), C).tolist()
         if attention is not None:
             row["branches"] = list(result.branches)
             row["attention"] = [float(v) for v in attention.reshape(-1, attention.shape[-1]).mean(axis=0)]
