@@ -93,8 +93,13 @@ def test_adding_a_model_is_one_registered_class() -> None:
         def forward(self, inputs, masks=None):
             return {"emotion": self.apply_data_linear("out", [inputs[p] for p in self.feats])}
 
-    m = build_model("test-linear-probe", spec(K=2)).eval()
-    assert m(inputs(2, 3))["emotion"].shape == (2, 3, 6)
+    try:
+        m = build_model("test-linear-probe", spec(K=2)).eval()
+        assert m(inputs(2, 3))["emotion"].shape == (2, 3, 6)
+    finally:
+        from trainer.models import MODELS
+
+        del MODELS["test-linear-probe"]          # the registry is global: leave it as found
 
 
 def test_initialisation_equals_mertools_module_built_after_manual_seed() -> None:
