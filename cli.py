@@ -751,7 +751,7 @@ def trainer_rank_cmd(
     rank_by: Annotated[str, typer.Option("--rank-by", help="cv (CV WAF) | test (mean WAF of the test splits, MER2024 Table 3).")] = "cv",
     rank_from: Annotated[Optional[str], typer.Option("--rank-from", help="Show another dataset's ranking from the database (MERBench Table 10); trains nothing.")] = None,
     trials: Annotated[int, typer.Option(help="Configs per encoder: the whole 24-point space hidden {64,128,256} x lr {1e-3,1e-4} x dropout {.2,.3,.4,.5} when >= 24, else a seeded sample.")] = 24,
-    fast: Annotated[bool, typer.Option("--fast", help="Rank with the linear baseline (logistic regression, C chosen on held-out rows): about a second an encoder.")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="Rank with the linear baseline (a ridge classifier on standardised features, its strength chosen on held-out rows): well under a second an encoder.")] = False,
     *,
     corruption: str, protocol: str, epochs: int, batch_size: int, weight_decay: float, folds: str, seeds: str,
     threads: int, bf16: bool, max_models: Optional[int], workers: Optional[int], scheduler: Optional[str],

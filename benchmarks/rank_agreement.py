@@ -4,7 +4,8 @@ A synthetic store with 12 encoders (4 per modality) of graded quality: each enco
 different strength (seeded shuffle of a linear ramp), widths 256-1024. Both rankings run through
 `trainer.grid.run_rank` on the same store and folds (5-fold CV, mertools mode, selection by the held-out
 fold, as `trainer rank` does): the full one with the unimodal `mlp` search (`--trials` configs of the 24-point
-space, `--epochs` epochs), the fast one with `--fusion linear` (one config; C chosen inside each fold).
+space, `--epochs` epochs), the fast one with `--fusion linear` and its ridge-classifier solver (one config;
+the strength chosen inside each fold, every strength from one factorisation).
 Agreement: Spearman's rho and Kendall's tau between the two CV-WAF orders of all 12 encoders and within
 each modality, and whether they pick the same best encoder per modality.
 

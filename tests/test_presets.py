@@ -131,6 +131,47 @@ def test_linear_baseline_equals_scikit_learns_own_fit(store: Path) -> None:
     assert next(x for x in r.summary() if x["split"] == "test1")["waf_mean"] > 0.5
 
 
+@pytest.mark.parametrize("n, d", [(80, 12), (12, 40)])        # primal (n >= D) and dual (n < D) forms
+def test_ridge_path_equals_scikit_learns_ridge_for_every_alpha(n: int, d: int) -> None:
+    from sklearn.linear_model import Ridge
+
+    from trainer.linear import ridge_path
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + 2.0, rng.normal(size=(n, 3))
+    alphas = (0.1, 1.0, 100.0)
+    for (coef, icpt), a in zip(ridge_path(x, y, alphas), alphas):
+        ref = Ridge(alpha=a).fit(x, y)
+        assert np.allclose(coef, ref.coef_.T, atol=1e-8) and np.allclose(icpt, ref.intercept_, atol=1e-8)
+
+
+def test_the_ridge_solver_equals_scikit_learns_ridge_classifier(store: Path) -> None:
+    from sklearn.linear_model import RidgeClassifier
+
+    from trainer.linear import ALPHA_GRID
+
+    f = load_features(store, "synth", **ENCS)
+    proto = Protocol(folds="cv3", mode="strict")
+    r = run_experiment(f, "linear", proto, {"solver": "ridge"})
+    plan = proto.plan(f, 0)
+    fold = plan.folds[2]
+    X = np.concatenate([f.features[k].x.numpy().astype(np.float64) for k in f.features], axis=1)
+    mu, sd = X[fold.train].mean(0), X[fold.train].std(0)
+    Z = (X - mu) / np.where(sd > 0, sd, 1)
+    y = f.emotion.numpy()
+    test_rows = plan.tests["test1"]
+    ours = r.test_outputs[(0, 0, "test1")].emotion[2]
+    # RidgeClassifier codes the targets -1/+1: its decision values are 2 x ours - 1 for the same alpha x 1
+    errs = [float(np.abs(2 * ours - 1 - RidgeClassifier(alpha=a).fit(Z[fold.train], y[fold.train])
+                         .decision_function(Z[test_rows])).max()) for a in ALPHA_GRID]
+    assert min(errs) < 1e-6
+    assert next(x for x in r.summary() if x["split"] == "test1")["waf_mean"] > 0.5
+    with pytest.raises(ProtocolError, match="unknown solver 'lbfgs'"):
+        run_experiment(f, "linear", proto, {"solver": "lbfgs"})
+    with pytest.raises(ProtocolError, match="takes only the option solver"):
+        run_experiment(f, "linear", proto, {"rank": 4})
+
+
 def test_rank_fast_and_the_report_marks_the_preset(store: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     db = str(tmp_path / "r.sqlite")

@@ -26,7 +26,7 @@ from trainer.models import input_options, model_class
 from trainer.protocol import Protocol
 from trainer.record import recorded_rows, trial_definition
 from trainer.results import ResultsDB, config_hash
-from trainer.search import FAST_RANK_FUSION, MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking, trials
+from trainer.search import FAST_RANK_CONFIG, FAST_RANK_FUSION, MODALITY_ORDER, RANK_FUSION, Ranked, combo_letters, ranking, trials
 
 Progress = Callable[[str, dict[str, Any]], None]
 Recorded = tuple[list[dict[str, Any]], list[dict[str, Any]]]      # (result rows, output rows) of one run
@@ -256,9 +256,10 @@ def run_rank(store: FeatureStore, db: ResultsDB, dataset: str, protocol: Protoco
              fast: bool = False) -> tuple[SearchReport, dict[str, list[Ranked]]]:
     """The same unimodal search (fusion `mlp`, `trials(n_trials)` configs, the protocol's seeds) for every stored
     encoder of `dataset`, then the ranking from the database. fast: the linear baseline instead, one config
-    (its regularisation is chosen inside each fold), recorded as preset `rank-fast`."""
+    (FAST_RANK_CONFIG: the ridge classifier, its strength chosen inside each fold), recorded as preset
+    `rank-fast`."""
     fusion, preset = (FAST_RANK_FUSION, "rank-fast") if fast else (RANK_FUSION, "rank")
-    configs = trials(1, trial_seed) if fast else trials(n_trials, trial_seed)
+    configs = [dict(FAST_RANK_CONFIG)] if fast else trials(n_trials, trial_seed)
     sets = rank_sets(store, dataset, corruption, modality)
     tasks = _plan(store, db, dataset, sets, fusion, protocol, configs, corruption, None, preset)
     rep = run_tasks(store, db, dataset, tasks, fusion, protocol, corruption, None, preset, client, max_models,

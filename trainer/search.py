@@ -19,13 +19,16 @@ import numpy as np
 
 from featstore.errors import FeatstoreError
 from trainer.data import ARG_OF_MODALITY
+from trainer.models import model_class
+from trainer.protocol import HYPER
 from trainer.results import ResultsDB
 
 SPACE: dict[str, tuple[Any, ...]] = {"hidden": (64, 128, 256), "lr": (1e-3, 1e-4), "dropout": (0.2, 0.3, 0.4, 0.5)}
 LETTERS = {"A": "audio", "T": "text", "V": "video"}       # modality letters of --modalities (video = visual)
 MODALITY_ORDER = ("audio", "text", "video")
 RANK_FUSION = "mlp"
-FAST_RANK_FUSION = "linear"      # trainer rank --fast: the convex baseline, one fit per fold
+FAST_RANK_FUSION = "linear"      # trainer rank --fast: the convex baseline, one fit per fold ...
+FAST_RANK_CONFIG = {"solver": "ridge"}   # ... with the ridge classifier (all strengths from one factorisation)
 RANK_BY = ("cv", "test")
 
 
@@ -108,6 +111,7 @@ def ranking(db: ResultsDB, dataset: str, *, corruption: str = "clean", rank_by: 
     if rank_by not in RANK_BY:
         raise FeatstoreError(f"--rank-by '{rank_by}': expected cv or test")
     where, params = "dataset = ? AND fusion = ? AND fold = -1", [dataset, fusion]
+    convex = getattr(model_class(fusion), "convex", False)    # its config has no hidden/lr/dropout to show
     if mode:
         where += " AND mode = ?"
         params.append(mode)
@@ -121,7 +125,8 @@ def ranking(db: ResultsDB, dataset: str, *, corruption: str = "clean", rank_by: 
         if cor != corruption:
             continue
         t = per_trial.setdefault(r["config_hash"], {"encoder": enc, "modality": next(iter(feats)),
-                                                    "hyper": r["hyper"], "cv": {}, "score": {}, "test": {}})
+                                                    "hyper": {k: v for k, v in r["hyper"].items()
+                                                              if not (convex and k in HYPER)}, "cv": {}, "score": {}, "test": {}})
         if r["split"] == "cv":
             t["cv"][r["seed"]] = r["waf"]
             t["score"][r["seed"]] = r["score"]
