@@ -52,8 +52,8 @@ def run(store: Path, db: Path, args: list[str]) -> tuple[float, float, float, li
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--default-epochs", default="25,50,100", help="epoch budgets of the default preset")
-    ap.add_argument("--fast-epochs", default="6,12,24", help="epoch budgets of the fast preset (12: its own)")
+    ap.add_argument("--default-epochs", default="25,100", help="epoch budgets of the default preset")
+    ap.add_argument("--fast-epochs", default="4,7,12", help="epoch budgets of the fast preset (7: its own)")
     ap.add_argument("--no-others", action="store_true", help="only the main setting")
     a = ap.parse_args()
     n_train, n_test = (600, 200) if a.quick else (5030, 1000)

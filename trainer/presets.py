@@ -23,7 +23,7 @@ from trainer.protocol import Protocol
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "fast": {"mode": "strict", "batch_size": 64, "lr": 2e-3, "dropout": 0.3, "epochs": 12, "schedule": "cosine",
+    "fast": {"mode": "strict", "batch_size": 64, "lr": 2e-3, "dropout": 0.3, "epochs": 7, "schedule": "cosine",
              "warmup": 0.1, "patience": 3, "min_steps": 4},
 }
 
