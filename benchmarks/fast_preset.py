@@ -6,7 +6,8 @@ synthetic store with MER2024 shapes (trainer.synthetic.make_store: 5,030 train /
 imbalanced classes with valence, planted signal 0.35, attention fusion). The curve: test WAF (fold-averaged
 logits) against wall seconds for a few epoch budgets of each preset. Then the same two presets at their
 default epochs on two other settings: unimodal (acoustic 1024-d) and Top-3 (three acoustic and three visual
-encoders, one branch each).
+encoders, one branch each). Last, an ablation run in-process: the preset against the same recipe with an
+inner split that selects the epoch and stops early.
 
     .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~15-25 minutes)
     .venv/bin/python benchmarks/fast_preset.py --quick         # smoke run (small store, a minute)
@@ -89,7 +90,38 @@ def main() -> None:
                 extra = ["--epochs", "5"] if a.quick else []
                 wall, test, cv, _ = run(store, db, [*args, "--preset", preset, *extra])
                 print(f"| {label} | {preset} | {wall:.1f} | {test:.4f} | {cv:.4f} |", flush=True)
+        ablation(stores, n_train)
     print(f"\n# done {time.strftime('%H:%M UTC', time.gmtime())}; {uptime()}")
+
+
+def ablation(stores: dict[str, Path], n_train: int) -> None:
+    """The preset against itself with an inner split that picks the epoch and stops early (in-process, seeds 0-1)."""
+    import torch
+
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.presets import apply_preset
+    from trainer.protocol import Protocol
+
+    torch.set_num_threads(2)
+    sets = {"main": (stores["main"], dict(audio=["audio-1024"], text=["text-5120"], video=["video-768"])),
+            "Top-3 A + Top-3 V": (stores["top3"], dict(audio=[f"audio-{i}" for i in range(3)],
+                                                       video=[f"video-{i}" for i in range(3)]))}
+    fast = apply_preset(Protocol(folds="cv5", threads=2, seeds=(0, 1)), "fast")
+    recipes = {"fast (no selection: last epoch)": fast,
+               "fast + inner 20% selects, patience 3": fast.replace(inner_fraction=0.2, patience=3)}
+    print("\n## ablation: epoch selection (in-process, training only; mean of seeds 0 and 1)\n")
+    print("| setting | recipe | train s | test WAF | CV WAF |")
+    print("|---|---|---|---|---|")
+    for label, (store, enc) in sets.items():
+        feats = load_features(store, "synth", **enc)
+        for name, proto in recipes.items():
+            t0 = time.perf_counter()
+            res = run_experiment(feats, "attention", proto)
+            wall = time.perf_counter() - t0
+            summ = {d["split"]: d for d in res.summary()}
+            print(f"| {label} | {name} | {wall:.1f} | {summ['test1']['waf_mean']:.4f} ± {summ['test1']['waf_std']:.4f} "
+                  f"| {summ['cv']['waf_mean']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def fast(**kw: object) -> Protocol:
 def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
     p = apply_preset(Protocol(epochs=7), "fast")
     assert p.epochs == 7 and p.batch_size == PRESETS["fast"]["batch_size"] and p.mode == "strict"
-    assert p.schedule == "cosine" and p.patience == PRESETS["fast"]["patience"]
+    assert p.schedule == "cosine" and p.inner_fraction == 0 and p.patience is None
+    assert apply_preset(Protocol(epochs=7, mode="strict", inner_fraction=0.3), "fast").inner_fraction == 0.3
     assert apply_preset(Protocol(), "default") == Protocol()
     with pytest.raises(UnknownNameError, match="unknown preset 'fsat'.*fast"):
         apply_preset(Protocol(), "fsat")
@@ -44,6 +45,30 @@ def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
         Protocol(schedule="linear")
     with pytest.raises(ProtocolError, match="patience must be a positive integer"):
         Protocol(patience=0)
+    with pytest.raises(ProtocolError, match="early stopping .patience. needs selection rows"):
+        Protocol(mode="strict", inner_fraction=0, patience=3)
+    assert Protocol(mode="mertools", inner_fraction=0, patience=3).patience == 3   # mertools selects on the fold
+
+
+def early_stopping(**kw: object) -> Protocol:
+    """The fast recipe with an inner split that picks the epoch and stops training (patience 3)."""
+    patience = kw.pop("patience", 3)
+    return fast(**kw).replace(inner_fraction=0.2, patience=patience)
+
+
+def test_without_selection_every_model_trains_on_its_whole_fold_and_keeps_its_last_epoch(store: Path) -> None:
+    f = load_features(store, "synth", **ENCS)
+    p = fast(epochs=5)
+    plan = p.plan(f, 0)
+    assert all(len(fo.select) == 0 for fo in plan.folds)
+    assert sum(len(fo.train) for fo in plan.folds) == 2 * len(plan.training_rows)   # cv3: each row in 2 folds
+    r = run_experiment(f, "attention", p)
+    assert set(r.selected_epochs.values()) == {5}
+    assert {x["split"] for x in r.rows} == {"cv", "test1"}                # no empty 'inner' rows
+    assert all(np.isfinite(x["waf"]) for x in r.rows)
+    lin = run_experiment(f, "linear", p)                                   # the linear baseline needs rows to
+    assert any("inner split of 20% of each training fold" in w for w in lin.warnings)   # choose C on
+    assert {x["split"] for x in lin.rows} == {"cv", "inner", "test1"}
 
 
 def test_cosine_schedule_warms_up_then_decays() -> None:
@@ -63,14 +88,15 @@ def test_the_fast_preset_is_deterministic_for_a_seed(store: Path) -> None:
     assert a.selected_epochs == b.selected_epochs
 
 
-def test_early_stopping_never_looks_at_test_or_held_out_data(store: Path) -> None:
+@pytest.mark.parametrize("recipe", [fast, early_stopping])
+def test_early_stopping_never_looks_at_test_or_held_out_data(store: Path, recipe) -> None:  # noqa: ANN001
     f = load_features(store, "synth", **ENCS)
-    base = run_experiment(f, "attention", fast(epochs=30))
+    base = run_experiment(f, "attention", recipe(epochs=30))
     g = load_features(store, "synth", **ENCS)
     test_rows = ~torch.from_numpy(np.isin(np.arange(g.n), base_training_rows(g)))
     for feat in g.features.values():                          # scramble every test row's features
         feat.x[test_rows] = torch.randn_like(feat.x[test_rows]) * 5
-    changed = run_experiment(g, "attention", fast(epochs=30))
+    changed = run_experiment(g, "attention", recipe(epochs=30))
     assert changed.selected_epochs == base.selected_epochs
     cv = lambda r: [x["waf"] for x in r.rows if x["split"] in ("cv", "inner")]  # noqa: E731
     assert cv(changed) == cv(base)
@@ -84,7 +110,7 @@ def base_training_rows(f) -> np.ndarray:  # noqa: ANN001
 
 def test_early_stopping_stops_and_says_so(store: Path) -> None:
     f = load_features(store, "synth", **ENCS)
-    r = run_experiment(f, "attention", fast(epochs=200, patience=2))
+    r = run_experiment(f, "attention", early_stopping(epochs=200, patience=2))
     assert any(w.startswith("early stopping: all 3 models stopped by epoch") for w in r.warnings), r.warnings
     stopped_at = [int(np.isfinite(c).sum()) for c in r.curves.values()]
     assert max(stopped_at) < 200 and all(e + 2 <= n or n == 200 for e, n in zip(r.selected_epochs.values(), stopped_at))
@@ -102,8 +128,8 @@ def test_a_small_dataset_falls_back_to_a_smaller_batch_and_says_so(tmp_path: Pat
     f = load_features(path, "synth", **ENCS)
     r = run_experiment(f, "attention", fast(epochs=3))
     note = next(w for w in r.warnings if w.startswith(f"batch size {PRESETS['fast']['batch_size']} is too large"))
-    assert "32 training rows" in note and "using batch size 8" in note    # 40 a fold less the inner 20%, / 4
-    assert r.protocol.batch_size == 8
+    assert "40 training rows" in note and "using batch size 10" in note   # 40 a fold (no inner split), / 4
+    assert r.protocol.batch_size == 10
 
 
 def test_linear_baseline_equals_scikit_learns_own_fit(store: Path) -> None:

@@ -175,14 +175,15 @@ def assemble(fs: FeatureSet, fusion: str, protocol: Protocol, cfgs: list[dict[st
         by_cs.setdefault((j.config, j.seed), []).append((j, outcomes[id(j)]))
     for (ci, seed), items in by_cs.items():
         items.sort(key=lambda jo: jo[0].fold.index)
+        inner = protocol.mode == "strict" and any(len(j.fold.select) for j, _ in items)  # inner_fraction 0: none
         total = sum(o.seconds for _, o in items)
         for j, o in items:
             selected[(ci, j.fold.index, seed)] = o.best_epoch
             curves[(ci, j.fold.index, seed)] = o.curve
             rows.append(row(ci, j.fold.index, seed, "cv", o.heldout, o.best_epoch, o.seconds))
-            if protocol.mode == "strict":
+            if inner:
                 rows.append(row(ci, j.fold.index, seed, "inner", o.select, o.best_epoch, o.seconds))
-        for split in (["cv", "inner"] if protocol.mode == "strict" else ["cv"]):
+        for split in (["cv", "inner"] if inner else ["cv"]):
             scs = [o.heldout if split == "cv" else o.select for _, o in items]
             rows.append(row(ci, -1, seed, split, _mean_scores(scs), None, total))
         # out-of-fold outputs on the held-out rows

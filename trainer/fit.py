@@ -57,6 +57,11 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     t_start = time.perf_counter()
     protocol = protocol or Protocol()
     model_class(fusion)  # unknown names fail here, before any work
+    notes = []
+    if getattr(model_class(fusion), "convex", False) and protocol.mode == "strict" and not protocol.inner_fraction:
+        protocol = protocol.replace(inner_fraction=Protocol.inner_fraction)
+        notes.append(f"fusion '{fusion}' chooses its regularisation on selection rows: an inner split of "
+                     f"{Protocol.inner_fraction:.0%} of each training fold (inner_fraction 0 leaves none)")
     cfgs = normalise_configs(configs, protocol)
     selection = protocol.selection_for(features)
     plans = {s: protocol.plan(features, s) for s in protocol.seeds}
@@ -70,10 +75,12 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
         selection = "waf"
     if selection == "sentiment" and not has_valence:
         raise ProtocolError(f"dataset {features.dataset}: sentiment selection needs sentiment labels on training rows")
-    warnings = list(features.warnings)
+    warnings = list(features.warnings) + notes
     for s, pl in plans.items():
         warnings.extend(pl.notes)
-    protocol = _fit_batch_size(protocol, plans, warnings)
+    convex = getattr(model_class(fusion), "convex", False)   # the linear baseline: direct fits, no minibatches
+    if not convex:
+        protocol = _fit_batch_size(protocol, plans, warnings)
     if n_classes:
         warnings.extend(_absent_classes(features, plans, n_classes))
 
@@ -88,7 +95,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     outcomes: dict[int, Outcome] = {}
     kept: list[tuple[list[tuple[int, int, int]], _GroupTrainer]] = []
     timings = {"train": 0.0, "select": 0.0, "final": 0.0, "setup": 0.0}
-    if getattr(model_class(fusion), "convex", False):     # the linear baseline: direct fits, no minibatch loop
+    if convex:
         from trainer.linear import fit_jobs
 
         if keep_models:
@@ -544,8 +551,9 @@ class _GroupTrainer:
                     break
             if self.p.time_budget and time.perf_counter() - t_start >= self.p.time_budget and e + 1 < E:
                 running = K - sum(self.stopped)
+                kept = "best epochs kept" if any(best_epoch) else "last epochs kept"
                 self.notes.append(f"time budget of {self.p.time_budget:g} s reached after epoch {e + 1} of {E}: "
-                                  f"{running} of {K} models had not converged (stopped early, best epochs kept)")
+                                  f"{running} of {K} models had not converged (stopped early, {kept})")
                 break
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -7,7 +7,8 @@ Two named modes (DESIGN.md, issue 4):
   splits the training rows are not shuffled (MERTools' train DataLoader has no shuffle for MELD/CMU/SIMS);
 - `strict`: inside each training fold a random `inner_fraction` of the rows selects the epoch, so the
   held-out fold (or the official val split) is scored once, unbiased; features standardised with each
-  model's own training rows only.
+  model's own training rows only. inner_fraction 0 selects nothing: every model trains on its whole fold
+  to the end of a fixed schedule and keeps its last epoch (the fast preset), which is unbiased too.
 Folds: `cv5` (any `cvN`) over the training subset, `logo` (leave one group out: IEMOCAP sessions) or
 `official` (train / val / test subsets), `auto` picks official when the dataset has a val subset, logo when it
 has groups, cv5 otherwise. Test splits: every loaded subset disjoint from the training and validation rows
@@ -52,7 +53,8 @@ class Protocol:
     hidden: int = 128
     dropout: float = 0.5
     seeds: tuple[int, ...] = (0,)
-    inner_fraction: float = 0.2         # strict: share of each training fold that selects the epoch
+    inner_fraction: float = 0.2         # strict: share of each training fold that selects the epoch; 0: no
+                                        # selection, each model trains on the whole fold and keeps its last epoch
     valence_weight: float = 1.0         # loss = CE + valence_weight x MSE (MERTools adds them unweighted)
     shuffle: bool | None = None         # None: as MERTools (shuffled, except official splits in mertools mode)
     standardize: bool | None = None     # None: strict standardises, mertools does not
@@ -84,8 +86,11 @@ class Protocol:
             raise ProtocolError(f"unknown selection '{self.selection}'; expected one of {', '.join(SELECTIONS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ProtocolError("epochs and batch_size must be positive")
-        if not 0 < self.inner_fraction < 1:
-            raise ProtocolError("inner_fraction must be in (0, 1)")
+        if not 0 <= self.inner_fraction < 1:
+            raise ProtocolError("inner_fraction must be in [0, 1)")
+        if self.mode == "strict" and not self.inner_fraction and self.patience:
+            raise ProtocolError("early stopping (patience) needs selection rows; inner_fraction 0 trains every model "
+                                "to the end of its schedule")
         if not self.seeds:
             raise ProtocolError("at least one seed is needed")
         if self.steps is not None and self.steps < 1:
@@ -232,7 +237,7 @@ def _plan(p: Protocol, fs: FeatureSet, seed: int) -> Plan:
         for f in folds:
             rng = np.random.default_rng([seed, f.index, 7])
             order = rng.permutation(len(f.train))
-            k = max(1, int(round(p.inner_fraction * len(f.train))))
+            k = max(1, int(round(p.inner_fraction * len(f.train)))) if p.inner_fraction else 0
             inner, rest = f.train[np.sort(order[:k])], f.train[np.sort(order[k:])]
             f.select, f.train, f.select_test = inner, rest, False
     if fs.extra_train is not None:  # pseudo-labelled rows: trained on by every fold, never held out or selected on
