@@ -9,7 +9,7 @@ default epochs on two other settings: unimodal (acoustic 1024-d) and Top-3 (thre
 encoders, one branch each). Last, an ablation run in-process: the preset against the same recipe with an
 inner split that selects the epoch and stops early.
 
-    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~15-25 minutes)
+    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~11 minutes on a quiet 2-core VM)
     .venv/bin/python benchmarks/fast_preset.py --quick         # smoke run (small store, a minute)
 """
 
