@@ -56,9 +56,9 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     """
     t_start = time.perf_counter()
     protocol = protocol or Protocol()
-    model_class(fusion)  # unknown names fail here, before any work
-    notes = []
-    if getattr(model_class(fusion), "convex", False) and protocol.mode == "strict" and not protocol.inner_fraction:
+    convex = getattr(model_class(fusion), "convex", False)  # unknown names fail here, before any work; convex:
+    notes = []                                              # the linear baseline, direct fits, no minibatches
+    if convex and protocol.mode == "strict" and not protocol.inner_fraction:
         protocol = protocol.replace(inner_fraction=Protocol.inner_fraction)
         notes.append(f"fusion '{fusion}' chooses its regularisation on selection rows: an inner split of "
                      f"{Protocol.inner_fraction:.0%} of each training fold (inner_fraction 0 leaves none)")
@@ -78,7 +78,6 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     warnings = list(features.warnings) + notes
     for s, pl in plans.items():
         warnings.extend(pl.notes)
-    convex = getattr(model_class(fusion), "convex", False)   # the linear baseline: direct fits, no minibatches
     if not convex:
         protocol = _fit_batch_size(protocol, plans, warnings)
     if n_classes:
@@ -365,12 +364,7 @@ class _GroupTrainer:
         src = self.XT if test else self.X
         out = {}
         for name in self.feature_names:
-            key = (tag, name, int(flat.shape[0]))
-            buf = self._xbuf.get(key)
-            if buf is None:
-                if len(self._xbuf) > 64:
-                    self._xbuf.clear()
-                buf = self._xbuf[key] = torch.empty(flat.shape[0], *src[name].shape[1:], device=self.device)
+            buf = self._buffer((tag, name, int(flat.shape[0])), (flat.shape[0], *src[name].shape[1:]), src[name].dtype)
             x = torch.index_select(src[name], 0, flat, out=buf).view(self.K, n, *src[name].shape[1:])
             if self.std is not None:
                 mu, inv = self.std[name]
@@ -486,11 +480,17 @@ class _GroupTrainer:
         """[n, D] -> [K, n, D]: each model's standardisation of the same rows, (x - mean) * (1 / std) as in
         `_gather`, into a kept buffer (a fresh [K, n, D] tensor per chunk cost ~20 ms of page faults)."""
         mu, inv = self.std[name]
-        key = ("shared", name, int(x.shape[0]))
-        buf = self._xbuf.get(key)
-        if buf is None or buf.dtype != torch.result_type(x, mu):
-            buf = self._xbuf[key] = torch.empty(self.K, *x.shape, dtype=torch.result_type(x, mu), device=x.device)
+        buf = self._buffer(("shared", name, int(x.shape[0])), (self.K, *x.shape), torch.result_type(x, mu))
         return torch.sub(x.unsqueeze(0), mu, out=buf).mul_(inv)
+
+    def _buffer(self, key: tuple[str, str, int], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `shape` kept under `key` across steps and epochs (at most 64 kept)."""
+        buf = self._xbuf.get(key)
+        if buf is None or buf.dtype != dtype:
+            if len(self._xbuf) > 64:
+                self._xbuf.clear()
+            buf = self._xbuf[key] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buf
 
     def _score(self, rows: np.ndarray, out: dict[str, np.ndarray], k: int) -> Scores:
         n = len(rows)
@@ -508,18 +508,19 @@ class _GroupTrainer:
         best_select: list[Scores] = [Scores()] * K
         best_out: list[dict[str, np.ndarray]] = [{} for _ in range(K)]
         curves = np.full((K, E), np.nan)
-        snapshot = [p.detach().clone() for p in self.params]
         select_rows = [j.fold.select for j in self.jobs]
         select_test = self.jobs[0].fold.select_test
+        selecting = any(len(r) for r in select_rows)   # strict inner_fraction 0: none, every model keeps its last epoch
+        snapshot = [p.detach().clone() for p in self.params] if selecting else []
         t_start = time.perf_counter()
         for e in range(E):
             t0 = time.perf_counter()
             self.epoch = e
             self._train_epoch()
             t1 = time.perf_counter()
-            out = self._forward_rows(select_rows, select_test)
+            out = self._forward_rows(select_rows, select_test) if selecting else {}
             improved = []
-            for k in range(K):
+            for k in range(K if selecting else 0):
                 sc = self._score(select_rows[k], out, k)
                 curves[k, e] = sc.score
                 if math.isfinite(sc.score) and sc.score > best[k]:
