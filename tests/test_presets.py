@@ -120,6 +120,10 @@ def test_a_time_budget_is_reported_never_silent(store: Path) -> None:
     f = load_features(store, "synth", **ENCS)
     r = run_experiment(f, "attention", Protocol(folds="cv3", epochs=500, time_budget=0.05))
     assert any("time budget of 0.05 s reached after epoch" in w and "had not converged" in w for w in r.warnings)
+    last = run_experiment(f, "attention", fast(epochs=500, time_budget=0.05))   # no selection rows: the last
+    note = next(w for w in last.warnings if "time budget of 0.05 s reached after epoch" in w)   # epoch trained
+    assert "last epochs kept" in note
+    assert set(last.selected_epochs.values()) == {int(note.split("after epoch ")[1].split()[0])}
 
 
 def test_a_small_dataset_falls_back_to_a_smaller_batch_and_says_so(tmp_path: Path) -> None:

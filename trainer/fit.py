@@ -513,10 +513,12 @@ class _GroupTrainer:
         selecting = any(len(r) for r in select_rows)   # strict inner_fraction 0: none, every model keeps its last epoch
         snapshot = [p.detach().clone() for p in self.params] if selecting else []
         t_start = time.perf_counter()
+        trained = 0
         for e in range(E):
             t0 = time.perf_counter()
             self.epoch = e
             self._train_epoch()
+            trained = e + 1
             t1 = time.perf_counter()
             out = self._forward_rows(select_rows, select_test) if selecting else {}
             improved = []
@@ -564,8 +566,8 @@ class _GroupTrainer:
                         sp[k].copy_(p[k])
                 p.copy_(sp)
         for k in range(K):
-            if best_epoch[k] == 0:
-                best_epoch[k] = E
+            if best_epoch[k] == 0:          # the last epoch trained (a time budget may stop before E)
+                best_epoch[k] = trained
         # held-out rows: in mertools mode they are the selection rows, scored at the best epoch already
         if self.p.mode == "strict":
             held_rows = [j.fold.heldout for j in self.jobs]
