@@ -343,7 +343,7 @@ def build_cmd(
     noise_bank: Annotated[Optional[Path], typer.Option("--noise-bank", help="Folder of noise wavs (MUSAN speech layout) for audio-noise corruptions; default: built-in babble.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Clips per batch.")] = 16,
-    max_batch_seconds: Annotated[float, typer.Option(help="Padded audio seconds per batch.")] = 160.0,
+    max_batch_seconds: Annotated[Optional[float], typer.Option(help="Padded audio seconds per batch (default: 160 on an accelerator; on a CPU one clip a forward, measured fastest there).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow models that run the hub's code.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the key and build it again.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Redo samples that failed before.")] = False,

@@ -1,9 +1,10 @@
-"""Shared bits of the benchmark scripts: the machine line, the load line, and waiting for idle CPUs."""
+"""Shared bits of the benchmark scripts: the machine line, the load line, waiting for idle CPUs, the matmul rate."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -43,3 +44,18 @@ def wait_idle(min_idle: float | None, max_wait: float) -> str:
     while min_idle is not None and idle < min_idle and time.monotonic() - t < max_wait:
         idle = cpu_idle(5.0)
     return f"{idle:.0%} idle"
+
+
+def matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of an n x n fp32 torch.mm at `threads` torch threads (median of `repeats`): the CPU's practical peak."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)

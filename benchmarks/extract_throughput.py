@@ -13,8 +13,13 @@ to 16 kHz mono), durations uniform in [2, 16] s, written once under --workdir.
 
 - baseline: for each clip, `featstore.media.decode_audio` then `encoder.encode([x])`; no prefetch.
 - featstore: `featstore.build.run_partition` on a store key (rows_per_chunk=128, so one partition):
-  prefetching decode threads, length-bucketed batches (`--settings BATCHxSECONDS,...`), rows written
-  to the Zarr store (float16).
+  length-bucketed batches planned from the clips' metadata durations (`--settings BATCHxSECONDS,...`;
+  0 s = one clip a forward, BuildOptions' default on a CPU), decoded in batch order by a prefetch thread
+  while the previous batch encodes, rows written to the Zarr store (float16).
+
+Roofline, in the same run: the FLOPs of the model's forwards (torch.utils.flop_counter, fitted over clip
+length) over their measured time, against a 4096 x 4096 fp32 matmul at the same threads: how much faster
+any arrangement of the same arithmetic could be on this CPU.
 
 Correctness, in the same run: the float32 rows that run_partition hands to `FeatureArray.write_rows`
 (captured by wrapping it) must equal the baseline rows within 1e-4 relative error (max |a-b| / max |b|
@@ -138,6 +143,23 @@ def encoder_spec(folder: Path, size: dict[str, int], recipe: str) -> EncoderSpec
                        model=str(folder), layers=(-4, -3, -2, -1), layer_reduce="sum",
                        n_layers=size["num_hidden_layers"] + 1, pooling="mean", recipe=recipe,
                        input={"sample_rate": SR}, availability="local")
+
+
+def flop_model(model: Any) -> Any:
+    """FLOPs of one forward of `model` over one row of t samples, as a function of t: exact counts
+    (torch.utils.flop_counter: matmuls and convolutions) at 2, 6 and 10 s fitted by a + b t + c t^2 (the conv
+    front end and the linear layers grow linearly with t, attention quadratically)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ts = [2 * SR, 6 * SR, 10 * SR]
+    counts = []
+    for t in ts:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:    # (inference_mode trips weight_norm's hook)
+            model(torch.zeros(1, t), output_hidden_states=True)
+        counts.append(fc.get_total_flops())
+    coef = np.polyfit(ts, counts, 2)
+    return lambda t: float(np.polyval(coef, t))
 
 
 # ---------------------------------------------------------------------------------------------- instrumentation
@@ -279,9 +301,9 @@ def featstore_pass(store: FeatureStore, enc: Any, probe: Probe, index: DatasetIn
     captured: dict[str, np.ndarray] = {}
     write_rows = fa.write_rows
 
-    def capture(start: int, values: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def capture(start: int, values: np.ndarray, valid: np.ndarray | None = None, **kw: Any) -> None:
         captured["values"] = np.array(values, dtype=np.float32, copy=True)
-        write_rows(start, values, valid)
+        write_rows(start, values, valid, **kw)
 
     fa.write_rows = capture  # type: ignore[method-assign]
     timed = TimedEncoder(enc)
@@ -296,7 +318,9 @@ def featstore_pass(store: FeatureStore, enc: Any, probe: Probe, index: DatasetIn
     first = timed.calls[0][0] - t0 if timed.calls else wall
     enc_s = sum(dt for _, dt, _ in timed.calls)
     stored = store.open_key(key).read()
-    return Pass("featstore", f"batch {batch_size}, {max_batch_seconds:g} s", wall, cpu_seconds() - c0, first, enc_s,
+    setting = (f"batch {batch_size}, {max_batch_seconds:g} s" if max_batch_seconds
+               else f"batch {batch_size}, 0 s: one clip a forward (the CPU default)")
+    return Pass("featstore", setting, wall, cpu_seconds() - c0, first, enc_s,
                 captured["values"], list(probe.forwards), probe.conv_s, stored, [b for _, _, b in timed.calls])
 
 
@@ -356,10 +380,16 @@ def pass_table(model: str, passes: list[Pass], n: int, audio_s: float, threads: 
     return "\n".join(lines), summary
 
 
-def profile_table(passes: list[Pass], audio_s: float) -> str:
+def forward_rate(p: Pass, flops: Any) -> float:
+    """FLOP/s of a pass's model forwards (padding included: what the CPU executed)."""
+    fwd_s = sum(f[3] for f in p.forwards)
+    return sum(b * flops(padded / b) for b, padded, _, _ in p.forwards) / fwd_s if fwd_s else 0.0
+
+
+def profile_table(passes: list[Pass], audio_s: float, flops: Any, peak: float) -> str:
     lines = ["| path | settings | forwards | clips per call (mean / max) | padding (of padded samples) | "
-             "conv front end s | transformer+pool s | forward audio-s/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "conv front end s | transformer+pool s | forward audio-s/s | forward GFLOP/s (of 4096² matmul) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g in group_passes(passes):
         p = best(g)
         fw = p.forwards
@@ -369,7 +399,8 @@ def profile_table(passes: list[Pass], audio_s: float) -> str:
         pad = 1 - real / padded if padded else 0.0
         lines.append(f"| {p.name} | {p.setting} | {len(fw)} | {np.mean(p.batches):.1f} / {max(p.batches)} | "
                      f"{100 * pad:.1f}% | {fmt(p.conv_s, 1)} | {fmt(p.encode - p.conv_s, 1)} | "
-                     f"{fmt(audio_s / fwd_s if fwd_s else 0, 1)} |")
+                     f"{fmt(audio_s / fwd_s if fwd_s else 0, 1)} | {forward_rate(p, flops) / 1e9:.0f} "
+                     f"({forward_rate(p, flops) / peak:.0%}) |")
     return "\n".join(lines)
 
 
@@ -415,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-seconds", type=float, default=None)
     ap.add_argument("--settings", default=None,
                     help="featstore settings BATCHxSECONDS, comma-separated; the first should be BuildOptions' "
-                         "default (default: 16x160,8x80,4x40; with --quick 16x160,4x40)")
+                         "default on this device (default: 16x0,16x160,4x40; 0 s = one clip a forward, the CPU default)")
     ap.add_argument("--decode-workers", type=int, default=BuildOptions.decode_workers)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads for every pass")
     ap.add_argument("--group-norm", action="store_true",
@@ -441,10 +472,10 @@ def main(argv: list[str] | None = None) -> int:
 
     n = args.n or (20 if args.quick else 100)
     size = SMALL if args.quick else FULL
-    settings = parse_settings(args.settings or ("16x160,4x40" if args.quick else "16x160,8x80,4x40"))
+    settings = parse_settings(args.settings or "16x0,16x160,4x40")
     if args.batch_size is not None or args.max_batch_seconds is not None:
         settings = [(args.batch_size or BuildOptions.batch_size,
-                     args.max_batch_seconds or BuildOptions.max_batch_seconds)]
+                     args.max_batch_seconds if args.max_batch_seconds is not None else BuildOptions().audio_cap("cpu"))]
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = args.workdir.resolve()
@@ -525,7 +556,11 @@ def main(argv: list[str] | None = None) -> int:
             table, summary = pass_table(model_name, passes, n, audio_s, torch.get_num_threads())
             checks, ok = check_table(passes)
             all_ok &= ok
-            outputs.append((table, summary, profile_table(passes, audio_s), checks, passes))
+            flops = flop_model(enc.model)
+            peak = common.matmul_rate(torch.get_num_threads())
+            torch.set_num_threads(args.threads)
+            outputs.append((table, summary, profile_table(passes, audio_s, flops, peak), checks, passes))
+            summary["roofline"] = (forward_rate(summary["baseline"], flops), peak)
             del enc
         load = monitor.stop()
         print()
@@ -539,6 +574,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"encode {base.encode:.1f} s ({100 * base.encode / base.wall:.1f}%), "
                   f"other {base.wall - base.decode - base.encode:.2f} s; decode runs at "
                   f"{audio_s / base.decode:.0f}× real time on one thread.\n")
+            rate, peak = summary["roofline"]
+            print(f"Roofline: the one-clip loop's forwards execute {rate / 1e9:.0f} GFLOP/s (matmuls and convolutions "
+                  f"counted by torch.utils.flop_counter), {rate / peak:.0%} of a 4096² fp32 matmul at the same threads "
+                  f"({peak / 1e9:.0f} GFLOP/s): the same arithmetic, batched or not, can run at most "
+                  f"{peak / rate:.2f}× faster on this CPU.\n")
             print("Profile (forward hooks on the model and its conv front end):\n")
             print(prof)
             print("\nCorrectness (featstore rows vs the first baseline pass):\n")

@@ -13,9 +13,10 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 PACKAGES = ("featstore", "numpy", "torch", "transformers", "zarr", "av", "opensmile")
 DATASET_LEASE_WAIT_S = 120.0
 CRASH_STAGE = "crash"
+ACCELERATOR_BATCH_SECONDS = 160.0
 
 
 @dataclass
@@ -44,12 +46,21 @@ class BuildOptions:
     """Knobs that change speed, never features (so they are not part of the spec hash)."""
 
     batch_size: int = 16
-    max_batch_seconds: float = 160.0     # audio: total seconds of padded audio per batch
-    decode_workers: int = 2
+    max_batch_seconds: float | None = None   # audio: padded seconds a batch; None: for the device (`audio_cap`)
+    decode_workers: int = 1             # PyAV decode threads; 2 threads decode 2.4x slower than 1 here (GIL; RESULTS.md)
     partition_chunks: int = 1            # row chunks per partition
     rows_per_chunk: int | None = None    # None: ~4 MiB chunks (256..1024 rows)
     retry_failed: bool = False
     overwrite: bool = False
+
+    def audio_cap(self, device: str) -> float:
+        """Padded audio seconds a batch on `device`: max_batch_seconds when set; else 160 s on an accelerator and
+        0 on a CPU (one clip a forward: there the one-clip forwards already run near the CPU's matmul rate, and
+        padded batches ran slower -- padding, and a conv front end whose intermediates outgrow the caches;
+        benchmarks/RESULTS.md extract_throughput)."""
+        if self.max_batch_seconds is not None:
+            return float(self.max_batch_seconds)
+        return 0.0 if str(device).split(":")[0] == "cpu" else ACCELERATOR_BATCH_SECONDS
 
 
 @dataclass
@@ -246,9 +257,25 @@ def prepare_input(encoder: Encoder, index: DatasetIndex, row: int,
     return x, drawn
 
 
-def input_length(x: Any) -> int:
-    """Length used to bucket a batch: samples, characters or frames."""
-    return len(x)
+def planned_length(spec: EncoderSpec, index: DatasetIndex, row: int) -> int:
+    """A sample's length for bucketing, known before it is decoded: the characters of its text, the samples of
+    its audio or the frames of its video from the container's metadata (media.probe_duration; a fixed frame count
+    needs no I/O). 0 when nothing is known (a missing or unreadable file, which then fails at decoding): such
+    samples are batched first. A metadata length that is off costs only padding, never correctness."""
+    from featstore import media
+
+    if spec.modality == "text":
+        return len(index.text[row] or "")
+    if spec.modality != "audio" and spec.input.get("frames"):
+        return int(spec.input["frames"])
+    path = index.media[row]
+    if path is None:
+        return 0
+    seconds = media.probe_duration(path, "audio" if spec.modality == "audio" else "video")
+    if not seconds:
+        return 0
+    rate = float(spec.input.get("sample_rate", 16000)) if spec.modality == "audio" else float(spec.input.get("fps") or 1)
+    return int(round(seconds * rate))
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, max_units: float | None) -> list[list[int]]:
@@ -342,9 +369,10 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
                 skip: Mapping[str, str] | None = None, store_dtype: Any = np.float32) -> EncodedRows:
     """Decode (prefetched), corrupt and encode the given rows in length-bucketed batches; write nothing.
 
-    Batches depend only on the rows given (a partition), never on workers or timing. Samples named in
-    `skip` (id -> message; samples that crashed a worker process) are not touched and are recorded
-    with stage 'crash'. `store_dtype` is the stored dtype (float16 rows beyond its range are failures).
+    Batches are planned from `planned_length` (metadata, before decoding) and decoded in batch order, so the
+    prefetch thread(s) decode the next batch while one encodes. Batches depend only on the rows given (a
+    partition), never on workers or timing. Samples named in `skip` (id -> message; samples that crashed a
+    worker process) are not touched and are recorded with stage 'crash'. `store_dtype` is the stored dtype (float16 rows beyond its range are failures).
     When the encoder's spec asks for frames (seq_cap), each batch runs `encode_frames` instead of `encode`
     and every sample's frames are pooled to the cap at once (featstore.sequence.pool_to_cap); a sample
     with no frames (or bad ones) is recorded with stage 'frames' and its row stays not done.
@@ -359,7 +387,6 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
     cap = int(spec.seq_cap or 0)
     seq: list[np.ndarray | None] | None = [None] * len(rows) if cap else None
     records: list[dict[str, Any]] = []
-    decoded: dict[int, Any] = {}
     drawn: dict[str, dict[str, Any]] = {}
     skip = skip or {}
     todo = []
@@ -370,52 +397,58 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
                 on_sample(0, 1)
         else:
             todo.append(r)
-    for row, result in prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), todo,
-                                    workers=options.decode_workers):
-        if isinstance(result, SampleError):
-            records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
-        elif isinstance(result, Exception):
-            records.append({"id": index.ids[row], "stage": "decode", "message": _one_line(result)})
-        else:
-            decoded[row], params = result
-            if params:
-                drawn[index.ids[row]] = params
-        if on_sample and isinstance(result, Exception):
-            on_sample(0, 1)
-    ready = sorted(decoded, key=pos.__getitem__)
     sr = float(spec.input.get("sample_rate", 16000))
-    max_units = options.max_batch_seconds * sr if spec.modality == "audio" else None
+    max_units = options.audio_cap(str(getattr(encoder, "device", "cpu"))) * sr if spec.modality == "audio" else None
     f16 = np.dtype(store_dtype) == np.float16
-    for batch in make_batches([input_length(decoded[r]) for r in ready], options.batch_size, max_units):
-        batch_rows = [ready[i] for i in batch]
-        outs, errs = _encode_or_bisect(encoder, [decoded[r] for r in batch_rows], [index.ids[r] for r in batch_rows],
-                                       frames=bool(cap))
-        records.extend(errs)
-        good = 0
-        for r, encoded in zip(batch_rows, outs):
-            if encoded is None:
+    # Batches are planned from lengths known before decoding, then decoded in batch order: while one batch
+    # encodes, the prefetch threads decode the next (up to two batches ahead).
+    planned = [[todo[i] for i in b]
+               for b in make_batches([planned_length(spec, index, r) for r in todo], options.batch_size, max_units)]
+    stream = prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), [r for b in planned for r in b],
+                          workers=options.decode_workers, ahead=max(8, 2 * options.batch_size))
+    with closing(stream):
+        for batch_plan in planned:
+            batch_rows, items = [], []
+            for row, result in islice(stream, len(batch_plan)):
+                if isinstance(result, SampleError):
+                    records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
+                elif isinstance(result, Exception):
+                    records.append({"id": index.ids[row], "stage": "decode", "message": _one_line(result)})
+                else:
+                    x, params = result
+                    batch_rows.append(row)
+                    items.append(x)
+                    if params:
+                        drawn[index.ids[row]] = params
+                if on_sample and isinstance(result, Exception):
+                    on_sample(0, 1)
+            if not batch_rows:
                 continue
-            out, frames = encoded
-            if not np.isfinite(out).all():
-                records.append({"id": index.ids[r], "stage": "encode", "message": "encoder output has NaN/Inf"})
-                continue
-            if f16 and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
-                records.append({"id": index.ids[r], "stage": "encode", "message": "values beyond float16 range"})
-                continue
-            if seq is not None:
-                pooled = pool_to_cap(frames, cap) if frames is not None and frames.ndim == 2 and len(frames) else frames
-                problem = _frames_problem(pooled, spec.dim, f16)
-                if problem:
-                    records.append({"id": index.ids[r], "stage": "frames", "message": problem})
+            outs, errs = _encode_or_bisect(encoder, items, [index.ids[r] for r in batch_rows], frames=bool(cap))
+            records.extend(errs)
+            good = 0
+            for r, encoded in zip(batch_rows, outs):
+                if encoded is None:
                     continue
-                seq[pos[r]] = pooled
-            values[pos[r]] = out
-            valid[pos[r]] = True
-            good += 1
-        if on_sample:
-            on_sample(good, len(batch_rows) - good)
-        for r in batch_rows:
-            decoded.pop(r, None)
+                out, frames = encoded
+                if not np.isfinite(out).all():
+                    records.append({"id": index.ids[r], "stage": "encode", "message": "encoder output has NaN/Inf"})
+                    continue
+                if f16 and np.abs(out).max(initial=0) > np.finfo(np.float16).max:
+                    records.append({"id": index.ids[r], "stage": "encode", "message": "values beyond float16 range"})
+                    continue
+                if seq is not None:
+                    pooled = pool_to_cap(frames, cap) if frames is not None and frames.ndim == 2 and len(frames) else frames
+                    problem = _frames_problem(pooled, spec.dim, f16)
+                    if problem:
+                        records.append({"id": index.ids[r], "stage": "frames", "message": problem})
+                        continue
+                    seq[pos[r]] = pooled
+                values[pos[r]] = out
+                valid[pos[r]] = True
+                good += 1
+            if on_sample:
+                on_sample(good, len(batch_rows) - good)
     records.sort(key=lambda rec: rec["id"])
     return EncodedRows(values, valid, records, drawn, seq)
 

@@ -20,7 +20,7 @@ from featstore.errors import SampleError
 
 SILENCE_RMS = 1e-5   # audio whose RMS is below this is "silent audio"
 
-__all__ = ["decode_audio", "decode_frames", "SILENCE_RMS"]
+__all__ = ["decode_audio", "decode_frames", "probe_duration", "SILENCE_RMS"]
 
 
 def _fail(sample_id: str, cause: str) -> SampleError:
@@ -60,6 +60,21 @@ def _stream_duration(container: Any, stream: Any) -> float | None:
     if d is None and container.duration is not None:
         d = container.duration / av.time_base
     return d if d is not None and d > 0 else None
+
+
+def probe_duration(path: str | os.PathLike[str], kind: str = "audio") -> float | None:
+    """Seconds of the first `kind` ("audio" or "video") stream, read from the container's metadata alone
+    (nothing is decoded; about a millisecond a file). None when the file cannot be opened, has no such stream
+    or states no duration. Used to plan length-bucketed batches before any clip is decoded."""
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+    try:
+        streams = container.streams.audio if kind == "audio" else container.streams.video
+        return _stream_duration(container, streams[0]) if streams else None
+    finally:
+        container.close()
 
 
 def _check_length(sample_id: str, seconds: float, min_s: float, max_s: float) -> None:

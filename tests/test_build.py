@@ -147,6 +147,60 @@ def test_make_batches_buckets_by_length_and_caps_padding() -> None:
     assert [sorted(lengths[i] for i in b) for b in batches][0] == [5, 6, 7]  # short clips travel together
 
 
+class _RecordingEncoder:
+    """An audio 'encoder' that records, for each batch, its clips' lengths and how many clips had been decoded."""
+
+    def __init__(self, decoded: list[str]) -> None:
+        self.spec = load_catalog().encoder("egemaps")
+        self.device = "cpu"
+        self.decoded, self.calls = decoded, []
+
+    def encode(self, batch: list[np.ndarray]) -> np.ndarray:
+        self.calls.append(([len(x) for x in batch], len(self.decoded)))
+        return np.ones((len(batch), self.spec.n_stored_layers, self.spec.dim), np.float32)
+
+
+def test_decoding_overlaps_encoding_in_batches_planned_from_metadata(demo_corpus: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from featstore import media
+    from featstore.datasets import load_index
+
+    index = load_index("demo", demo_corpus, load_catalog())
+    decoded: list[str] = []
+    real = build_mod.prepare_input
+    monkeypatch.setattr(build_mod, "prepare_input", lambda enc, idx, r, c=None: decoded.append(idx.ids[r]) or real(enc, idx, r, c))
+    enc = _RecordingEncoder(decoded)
+    rows = list(range(len(index.ids)))
+    planned = [build_mod.planned_length(enc.spec, index, r) for r in rows]
+    for r in rows:      # metadata lengths are the decoded lengths, give or take an AAC frame
+        assert abs(planned[r] - len(media.decode_audio(index.media[r], index.ids[r]))) <= 2048
+    out = build_mod.encode_rows(enc, index, rows, BuildOptions(batch_size=2, max_batch_seconds=1e6, decode_workers=1))
+    assert out.valid.all() and not out.records
+    # the first batch is encoded while later clips are still waiting to be decoded (at most 2 batches ahead)
+    assert enc.calls[0][1] < len(rows) and max(seen for _, seen in enc.calls[:2]) <= 8
+    # batches are the metadata lengths bucketed shortest first, two clips each
+    lengths = [n for sizes, _ in enc.calls for n in sizes]
+    assert [len(sizes) for sizes, _ in enc.calls] == [2] * (len(rows) // 2)
+    order = sorted(rows, key=lambda r: planned[r])
+    decoded_lengths = [len(media.decode_audio(index.media[r], index.ids[r])) for r in order]
+    assert lengths == decoded_lengths
+
+
+def test_audio_batches_hold_one_clip_on_a_cpu_unless_asked(demo_corpus: Path) -> None:
+    from featstore.datasets import load_index
+
+    index = load_index("demo", demo_corpus, load_catalog())
+    assert BuildOptions().audio_cap("cpu") == 0.0 and BuildOptions().audio_cap("cuda:1") == 160.0
+    assert BuildOptions(max_batch_seconds=40).audio_cap("cpu") == 40.0
+    enc = _RecordingEncoder([])
+    build_mod.encode_rows(enc, index, range(6), BuildOptions(batch_size=4))
+    assert [len(sizes) for sizes, _ in enc.calls] == [1] * 6
+    enc.device = "cuda"
+    enc.calls.clear()
+    build_mod.encode_rows(enc, index, range(6), BuildOptions(batch_size=4))
+    assert sorted(len(sizes) for sizes, _ in enc.calls) == [2, 4]
+
+
 def test_noise_corruption_is_its_own_key_with_drawn_params(store: FeatureStore, demo_corpus: Path) -> None:
     build(store, "demo", "egemaps", root=demo_corpus, options=OPTS)
     report = build(store, "demo", "egemaps", "snr5-10", options=OPTS)
