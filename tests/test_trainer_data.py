@@ -120,3 +120,13 @@ def test_punctuation_corruptions_change_only_text_features(tmp_path: Path) -> No
     fs = load_features(store, "synth", audio=["a1"], text=["t1"], corruption="punc-all", test_corruption="punc-e")
     assert fs.describe() == {"audio": ["a1/clean"], "text": ["t1/punc-all"]}
     assert fs.features["t1"].test_key == "t1/punc-e" and fs.features["a1"].test_key == "a1/clean"
+
+
+def test_synthetic_encoders_of_one_width_carry_their_own_vectors(tmp_path: Path) -> None:
+    """A synthetic Top-N set needs N different encoders, not N copies of one (same modality, width, name length)."""
+    make_store(tmp_path / "s.zarr", n_train=30, n_test=10, dims={f"audio-{i}": ("audio", 16) for i in range(3)})
+    store = FeatureStore(tmp_path / "s.zarr")
+    xs = [store.read("synth", f"audio-{i}") for i in range(3)]
+    assert not np.array_equal(xs[0], xs[1]) and not np.array_equal(xs[1], xs[2])
+    again = make_store(tmp_path / "t.zarr", n_train=30, n_test=10, dims={"audio-1": ("audio", 16)})
+    assert np.array_equal(again.read("synth", "audio-1"), xs[1])      # an encoder's vectors depend on its name only

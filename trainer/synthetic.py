@@ -8,6 +8,7 @@ keys exist, which is all the trainer needs ("imported" features).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def make_store(path: str | Path, *, n_train: int = 300, n_test: int = 100, dims:
                    subsets=subsets, groups=grp, attrs={"adapter": "synthetic"})
     sig = list(signal) if isinstance(signal, (list, tuple)) else [float(signal)] * len(dims)
     for (enc, (modality, d)), s in zip(dims.items(), sig):
-        erng = np.random.default_rng([seed, d, len(enc)])
+        erng = np.random.default_rng([seed, d, zlib.crc32(enc.encode())])   # each encoder its own vectors
         centres = erng.normal(0, 1, (len(p), d)).astype(np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True) / np.sqrt(d) * 1.0
         x = erng.normal(0, 1, (n, d)).astype(np.float32) + s * centres[y_all] / np.sqrt(d) * 4.0
