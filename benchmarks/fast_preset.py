@@ -4,12 +4,13 @@ Every point is one `trainer run` command, timed from the moment the process star
 start-up, imports, reading the features from the store, all 5 folds, scoring and recording included), on a
 synthetic store with MER2024 shapes (trainer.synthetic.make_store: 5,030 train / 1,000 test rows, six
 imbalanced classes with valence, planted signal 0.35, attention fusion). The curve: test WAF (fold-averaged
-logits) against wall seconds for a few epoch budgets of each preset. Then the same two presets at their
-default epochs on two other settings: unimodal (acoustic 1024-d) and Top-3 (three acoustic and three visual
-encoders, one branch each). Last, an ablation run in-process: the preset against the same recipe with an
-inner split that selects the epoch and stops early.
+logits) against wall seconds for a few epoch budgets of each preset (seed 0). Then the two presets at their
+own epochs on three settings, each over seeds 0-2 (mean ± std; one command trains every seed): the main one,
+unimodal (acoustic 1024-d) and Top-3 (three different acoustic and three different visual encoders, planted
+signal 0.35 / 0.30 / 0.25 in each modality, one branch each). Last, an ablation run in-process: the preset
+against the same recipe with an inner split that selects the epoch and stops early.
 
-    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~11 minutes on a quiet 2-core VM)
+    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~40 minutes on a quiet 2-core VM)
     .venv/bin/python benchmarks/fast_preset.py --quick         # smoke run (small store, a minute)
 """
 
@@ -35,10 +36,11 @@ from trainer.synthetic import make_store  # noqa: E402
 TRAINER = str(Path(sys.executable).with_name("trainer"))
 MAIN = {"audio-1024": ("audio", 1024), "text-5120": ("text", 5120), "video-768": ("visual", 768)}
 TOP3 = {**{f"audio-{i}": ("audio", 1024) for i in range(3)}, **{f"video-{i}": ("visual", 768) for i in range(3)}}
+TOP3_SIGNAL = (0.35, 0.3, 0.25, 0.35, 0.3, 0.25)     # a Top-3: the best encoder of a modality, then weaker ones
 
 
-def run(store: Path, db: Path, args: list[str]) -> tuple[float, float, float, list[str]]:
-    """(wall s, test WAF, CV WAF, warnings) of one `trainer run ... --json` command."""
+def run(store: Path, db: Path, args: list[str]) -> tuple[float, float, float, list[str], float]:
+    """(wall s, test WAF, CV WAF, warnings, test WAF std over seeds) of one `trainer run ... --json` command."""
     t0 = time.perf_counter()
     out = subprocess.run([TRAINER, "run", "--store", str(store), "--dataset", "synth", "--folds", "cv5",
                           "--threads", "2", "--results", str(db), "--json", *args],
@@ -47,7 +49,8 @@ def run(store: Path, db: Path, args: list[str]) -> tuple[float, float, float, li
     if out.returncode:
         raise SystemExit(f"trainer run {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     res = json.loads(out.stdout[out.stdout.index("{"):])
-    return wall, res["splits"]["test1"]["waf"]["mean"], res["splits"]["cv"]["waf"]["mean"], res["warnings"]
+    test = res["splits"]["test1"]["waf"]
+    return wall, test["mean"], res["splits"]["cv"]["waf"]["mean"], res["warnings"], test["std"] or 0.0
 
 
 def main() -> None:
@@ -55,7 +58,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--default-epochs", default="25,100", help="epoch budgets of the default preset")
     ap.add_argument("--fast-epochs", default="4,7,12", help="epoch budgets of the fast preset (7: its own)")
-    ap.add_argument("--no-others", action="store_true", help="only the main setting")
+    ap.add_argument("--no-others", action="store_true", help="only the main setting's time-to-accuracy curve")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the preset comparison on every setting")
+    ap.add_argument("--no-ablation", action="store_true")
     a = ap.parse_args()
     n_train, n_test = (600, 200) if a.quick else (5030, 1000)
     if a.quick:
@@ -65,31 +70,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "r.sqlite"
         stores = {}
-        for name, dims in (("main", MAIN), ("top3", TOP3)):
+        for name, dims, signal in (("main", MAIN, 0.35), ("top3", TOP3, TOP3_SIGNAL)):
             stores[name] = Path(tmp) / f"{name}.zarr"
-            make_store(stores[name], n_train=n_train, n_test=n_test, dims=dims, signal=0.35, seed=0)
+            make_store(stores[name], n_train=n_train, n_test=n_test, dims=dims, signal=signal, seed=0)
         main_args = ["--audio", "audio-1024", "--text", "text-5120", "--video", "video-768"]
         print(f"\n## main: A1024 + L5120 + V768, {n_train} train / {n_test} test, attention, 5 folds, 2 threads\n")
         print("| preset | epochs | wall s (whole command) | test WAF | CV WAF | notes |")
         print("|---|---|---|---|---|---|")
         for preset, budgets in (("default", a.default_epochs), ("fast", a.fast_epochs)):
             for e in budgets.split(","):
-                wall, test, cv, warns = run(stores["main"], db, [*main_args, "--preset", preset, "--epochs", e])
+                wall, test, cv, warns, _ = run(stores["main"], db, [*main_args, "--preset", preset, "--epochs", e])
                 note = "; ".join(w for w in warns if "stopp" in w or "budget" in w or "batch size" in w)
                 print(f"| {preset} | {e} | {wall:.1f} | {test:.4f} | {cv:.4f} | {note} |", flush=True)
         if a.no_others:
             return
-        others = {"unimodal A1024": (stores["main"], ["--audio", "audio-1024"]),
-                  "Top-3 A + Top-3 V": (stores["top3"], ["--audio", "audio-0,audio-1,audio-2",
+        settings = {"main A1024 + L5120 + V768": (stores["main"], main_args),
+                    "unimodal A1024": (stores["main"], ["--audio", "audio-1024"]),
+                    "Top-3 A + Top-3 V": (stores["top3"], ["--audio", "audio-0,audio-1,audio-2",
                                                           "--video", "video-0,video-1,video-2"])}
-        print("\n## other settings, each preset at its own epochs\n")
-        print("| setting | preset | wall s | test WAF | CV WAF |")
-        print("|---|---|---|---|---|")
-        for label, (store, args) in others.items():
+        print(f"\n## every setting, each preset at its own epochs, seeds {a.seeds} (mean ± std over seeds; one "
+              f"command trains every seed)\n")
+        print("| setting | preset | wall s (all seeds) | test WAF | Δ vs default | CV WAF |")
+        print("|---|---|---|---|---|---|")
+        for label, (store, args) in settings.items():
+            ref = None
             for preset in ("default", "fast"):
                 extra = ["--epochs", "5"] if a.quick else []
-                wall, test, cv, _ = run(store, db, [*args, "--preset", preset, *extra])
-                print(f"| {label} | {preset} | {wall:.1f} | {test:.4f} | {cv:.4f} |", flush=True)
+                wall, test, cv, _, std = run(store, db, [*args, "--preset", preset, "--seeds", a.seeds, *extra])
+                ref = test if ref is None else ref
+                delta = "—" if preset == "default" else f"{100 * (test - ref):+.2f}"
+                print(f"| {label} | {preset} | {wall:.1f} | {test:.4f} ± {std:.4f} | {delta} | {cv:.4f} |", flush=True)
+        if a.no_ablation:
+            return
         ablation(stores, n_train)
     print(f"\n# done {time.strftime('%H:%M UTC', time.gmtime())}; {uptime()}")
 

@@ -145,9 +145,9 @@ def mertools_loop(fs: FeatureSet, plan: Any, epochs: int, seed: int = 0) -> dict
 
 
 # ---------------------------------------------------------------------------------------------- featstore side
-def featstore_run(fs: FeatureSet, epochs: int, threads: int, configs: list[dict[str, Any]] | None = None
-                  ) -> tuple[dict[str, float], Any]:
-    proto = Protocol(folds="cv5", epochs=epochs, threads=threads)
+def featstore_run(fs: FeatureSet, epochs: int, threads: int, configs: list[dict[str, Any]] | None = None,
+                  bf16: bool = False) -> tuple[dict[str, float], Any]:
+    proto = Protocol(folds="cv5", epochs=epochs, threads=threads, bf16=bf16)
     res = run_experiment(fs, "attention", proto, configs)
     d = {r["split"]: r for r in res.summary()}
     test = next(s for s in d if s not in ("cv", "inner"))
@@ -175,19 +175,7 @@ def step_flops(fs: FeatureSet, hidden: int, batch: int = 32) -> tuple[int, int]:
     return train, fc2.get_total_flops() // batch
 
 
-def matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
-
-
-def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int) -> dict[str, Any]:
+def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf16: bool = False) -> dict[str, Any]:
     space = {**SPACE, "weight_decay": (0.0, 1e-5, 1e-4)}
     cfgs = trials(n_configs, seed=0, space=space)
     plan = Protocol(folds="cv5").plan(fs, 0)
@@ -202,7 +190,7 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int) ->
         train_flops += steps * tr
         eval_flops += fwd_row * (n_sel * epochs + n_test * len(plan.folds))
     t = time.perf_counter()
-    featstore_run(fs, epochs, threads, cfgs)
+    featstore_run(fs, epochs, threads, cfgs, bf16)
     wall = time.perf_counter() - t
     return {"configs": len(cfgs), "models": len(cfgs) * len(plan.folds), "epochs": epochs, "wall_s": wall,
             "train_flops": train_flops, "eval_flops": eval_flops,
@@ -218,6 +206,8 @@ def main() -> None:
     ap.add_argument("--parity-epochs", type=int, default=100, help="epochs of the parity figure (0: skip)")
     ap.add_argument("--grid-configs", type=int, default=50, help="configs of the FLOP-rate grid (0: skip)")
     ap.add_argument("--grid-epochs", type=int, default=2)
+    ap.add_argument("--grid-precision", default="fp32,bf16",
+                    help="compute precisions of the grid figure (bf16: autocast, the trainer's --bf16; fp32 master weights)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 repeat, 1 thread, small grid")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
                     help="before each pass wait until the CPUs are this idle (shared machines)")
@@ -277,16 +267,18 @@ def main() -> None:
     # c) FLOP rate of a 50-config grid vs a 4096^2 matmul, same threads
     flops = {}
     for t in threads if args.grid_configs else []:
-        common.wait_idle(args.wait_idle, args.max_wait)
-        mm = matmul_rate(t)
-        g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs)
-        mm2 = matmul_rate(t)
-        mmr = (mm + mm2) / 2
-        flops[t] = {**g, "matmul_rate": mmr, "share_train": g["rate_train"] / mmr, "share_all": g["rate_all"] / mmr}
-        print(f"grid threads={t}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in {g['wall_s']:.1f} s: "
-              f"{g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with evaluation); "
-              f"matmul 4096^2 {mmr / 1e9:.1f} GFLOP/s -> {g['rate_train'] / mmr:.0%} ({g['rate_all'] / mmr:.0%})",
-              flush=True)
+        for precision in args.grid_precision.split(","):
+            common.wait_idle(args.wait_idle, args.max_wait)
+            mm = common.matmul_rate(t)
+            g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs, bf16=precision == "bf16")
+            mm2 = common.matmul_rate(t)
+            mmr = (mm + mm2) / 2
+            flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "share_train": g["rate_train"] / mmr,
+                                         "share_all": g["rate_all"] / mmr}
+            print(f"grid threads={t} {precision}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in "
+                  f"{g['wall_s']:.1f} s: {g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with "
+                  f"evaluation); fp32 matmul 4096^2 {mmr / 1e9:.1f} GFLOP/s -> {g['rate_train'] / mmr:.0%} "
+                  f"({g['rate_all'] / mmr:.0%})", flush=True)
     out["flops"] = flops
     print(f"after: {common.uptime()}")
     if args.json:
