@@ -146,8 +146,8 @@ def mertools_loop(fs: FeatureSet, plan: Any, epochs: int, seed: int = 0) -> dict
 
 # ---------------------------------------------------------------------------------------------- featstore side
 def featstore_run(fs: FeatureSet, epochs: int, threads: int, configs: list[dict[str, Any]] | None = None,
-                  bf16: bool = False) -> tuple[dict[str, float], Any]:
-    proto = Protocol(folds="cv5", epochs=epochs, threads=threads, bf16=bf16)
+                  bf16: bool = False, seed: int = 0) -> tuple[dict[str, float], Any]:
+    proto = Protocol(folds="cv5", epochs=epochs, threads=threads, bf16=bf16, seeds=(seed,))
     res = run_experiment(fs, "attention", proto, configs)
     d = {r["split"]: r for r in res.summary()}
     test = next(s for s in d if s not in ("cv", "inner"))
@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="thread counts of the speed figure")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per side and thread count (0: skip)")
     ap.add_argument("--parity-epochs", type=int, default=100, help="epochs of the parity figure (0: skip)")
+    ap.add_argument("--parity-seeds", default="0", help="seeds of the parity figure (each: its own folds, "
+                    "initialisation and shuffles on both sides)")
     ap.add_argument("--grid-configs", type=int, default=50, help="configs of the FLOP-rate grid (0: skip)")
     ap.add_argument("--grid-epochs", type=int, default=2)
     ap.add_argument("--grid-precision", default="fp32,bf16",
@@ -248,20 +250,27 @@ def main() -> None:
     out["speed"] = {t: {**v, "ratio": statistics.median(v["mertools"]) / statistics.median(v["featstore"])}
                     for t, v in speed.items()}
 
-    # b) parity
+    # b) parity: per seed, both sides on the folds that seed draws
     if args.parity_epochs:
         torch.set_num_threads(max(threads))
-        t0 = time.perf_counter()
-        mt = mertools_loop(fs, plan, args.parity_epochs)
-        t1 = time.perf_counter()
-        fe, _ = featstore_run(fs, args.parity_epochs, max(threads))
-        t2 = time.perf_counter()
-        out["parity"] = {"epochs": args.parity_epochs, "mertools": mt, "featstore": fe,
-                         "mertools_s": t1 - t0, "featstore_s": t2 - t1,
-                         "diff_cv_points": 100 * (fe["cv_waf"] - mt["cv_waf"]),
-                         "diff_test_points": 100 * (fe["test_waf"] - mt["test_waf"])}
-        print(f"parity @ {args.parity_epochs} epochs: MERTools-style CV {mt['cv_waf']:.4f} test {mt['test_waf']:.4f} "
-              f"({t1 - t0:.0f} s); featstore CV {fe['cv_waf']:.4f} test {fe['test_waf']:.4f} ({t2 - t1:.0f} s)",
+        runs = []
+        for seed in (int(v) for v in args.parity_seeds.split(",")):
+            t0 = time.perf_counter()
+            mt = mertools_loop(fs, Protocol(folds="cv5").plan(fs, seed), args.parity_epochs, seed=seed)
+            t1 = time.perf_counter()
+            fe, _ = featstore_run(fs, args.parity_epochs, max(threads), seed=seed)
+            t2 = time.perf_counter()
+            runs.append({"seed": seed, "mertools": mt, "featstore": fe, "mertools_s": t1 - t0,
+                         "featstore_s": t2 - t1})
+            print(f"parity @ {args.parity_epochs} epochs, seed {seed}: MERTools-style CV {mt['cv_waf']:.4f} test "
+                  f"{mt['test_waf']:.4f} ({t1 - t0:.0f} s); featstore CV {fe['cv_waf']:.4f} test {fe['test_waf']:.4f} "
+                  f"({t2 - t1:.0f} s)", flush=True)
+        diff = {k: [100 * (r["featstore"][k] - r["mertools"][k]) for r in runs] for k in ("cv_waf", "test_waf")}
+        out["parity"] = {"epochs": args.parity_epochs, "runs": runs,
+                         "diff_cv_points": statistics.mean(diff["cv_waf"]),
+                         "diff_test_points": statistics.mean(diff["test_waf"])}
+        print(f"parity: featstore - MERTools-style, mean over {len(runs)} seed(s): CV "
+              f"{out['parity']['diff_cv_points']:+.2f} points, test {out['parity']['diff_test_points']:+.2f} points",
               flush=True)
 
     # c) FLOP rate of a 50-config grid vs a 4096^2 matmul, same threads
