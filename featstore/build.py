@@ -364,6 +364,31 @@ class EncodedRows:
     seq: list[np.ndarray | None] | None = None
 
 
+def _decoded_batches(stream: Iterator[tuple[int, Any]], planned: list[list[int]], index: DatasetIndex,
+                     records: list[dict[str, Any]], drawn: dict[str, dict[str, Any]],
+                     on_sample: Callable[[int, int], None] | None) -> Iterator[tuple[list[int], list[Any]]]:
+    """(rows, prepared inputs) of each planned batch, taken in order from the prefetched `stream` of
+    (row, prepare_input result); samples that failed to decode are recorded (and counted) instead, the
+    corruption parameters drawn are kept in `drawn`, and batches left empty are skipped."""
+    for batch_plan in planned:
+        batch_rows, items = [], []
+        for row, result in islice(stream, len(batch_plan)):
+            if isinstance(result, SampleError):
+                records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
+            elif isinstance(result, Exception):
+                records.append({"id": index.ids[row], "stage": "decode", "message": _one_line(result)})
+            else:
+                x, params = result
+                batch_rows.append(row)
+                items.append(x)
+                if params:
+                    drawn[index.ids[row]] = params
+            if on_sample and isinstance(result, Exception):
+                on_sample(0, 1)
+        if batch_rows:
+            yield batch_rows, items
+
+
 def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], options: BuildOptions,
                 on_sample: Callable[[int, int], None] | None = None, corruptor: Corruptor | None = None,
                 skip: Mapping[str, str] | None = None, store_dtype: Any = np.float32) -> EncodedRows:
@@ -372,7 +397,8 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
     Batches are planned from `planned_length` (metadata, before decoding) and decoded in batch order, so the
     prefetch thread(s) decode the next batch while one encodes. Batches depend only on the rows given (a
     partition), never on workers or timing. Samples named in `skip` (id -> message; samples that crashed a
-    worker process) are not touched and are recorded with stage 'crash'. `store_dtype` is the stored dtype (float16 rows beyond its range are failures).
+    worker process) are not touched and are recorded with stage 'crash'. `store_dtype` is the stored dtype
+    (float16 rows beyond its range are failures).
     When the encoder's spec asks for frames (seq_cap), each batch runs `encode_frames` instead of `encode`
     and every sample's frames are pooled to the cap at once (featstore.sequence.pool_to_cap); a sample
     with no frames (or bad ones) is recorded with stage 'frames' and its row stays not done.
@@ -407,23 +433,7 @@ def encode_rows(encoder: Encoder, index: DatasetIndex, rows: Sequence[int], opti
     stream = prefetch_map(lambda r: prepare_input(encoder, index, r, corruptor), [r for b in planned for r in b],
                           workers=options.decode_workers, ahead=max(8, 2 * options.batch_size))
     with closing(stream):
-        for batch_plan in planned:
-            batch_rows, items = [], []
-            for row, result in islice(stream, len(batch_plan)):
-                if isinstance(result, SampleError):
-                    records.append({"id": result.sample_id, "stage": result.stage, "message": result.cause})
-                elif isinstance(result, Exception):
-                    records.append({"id": index.ids[row], "stage": "decode", "message": _one_line(result)})
-                else:
-                    x, params = result
-                    batch_rows.append(row)
-                    items.append(x)
-                    if params:
-                        drawn[index.ids[row]] = params
-                if on_sample and isinstance(result, Exception):
-                    on_sample(0, 1)
-            if not batch_rows:
-                continue
+        for batch_rows, items in _decoded_batches(stream, planned, index, records, drawn, on_sample):
             outs, errs = _encode_or_bisect(encoder, items, [index.ids[r] for r in batch_rows], frames=bool(cap))
             records.extend(errs)
             good = 0
