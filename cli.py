@@ -544,7 +544,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "steps": (Annotated[Optional[int], typer.Option("--steps", help="Sequence models: cap on each feature's time steps (longer sequences are average-pooled by an integer factor).")], None),
     "aligned": (Annotated[Optional[bool], typer.Option("--aligned/--unaligned", help="Sequence models: resample every modality of a sample to one time axis (its text length), or keep each its own (default: what the model needs; unaligned for mult).")], None),
     "protocol": (ProtocolOpt, "mertools"),
-    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (large batches, warm-up + cosine lr over 7 epochs, strict protocol, no epoch selection); fills the options left at their defaults.")], "default"),
+    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (larger batches, warm-up + cosine lr over a few epochs, strict protocol, no epoch selection); fills the options left at their defaults.")], "default"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
     "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),

@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--default-epochs", default="25,100", help="epoch budgets of the default preset")
-    ap.add_argument("--fast-epochs", default="4,7,12", help="epoch budgets of the fast preset (7: its own)")
+    ap.add_argument("--fast-epochs", default="5,10,14", help="epoch budgets of the fast preset (10: its own)")
     ap.add_argument("--no-others", action="store_true", help="only the main setting's time-to-accuracy curve")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the preset comparison on every setting")
     ap.add_argument("--no-ablation", action="store_true")

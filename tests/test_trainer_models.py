@@ -136,6 +136,19 @@ def test_missing_branch_contributes_nothing() -> None:
     assert torch.allclose(m(x2, masks)["emotion"], out["emotion"])
 
 
+@pytest.mark.parametrize("p, bits", [(0.25, 2), (0.75, 2), (0.375, 4), (0.1015625, 8), (0.3, 16)])
+def test_dropout_rate_on_every_bit_width(p: float, bits: int) -> None:
+    """2 bits (p = 1/4, 3/4), 4 bits (multiples of 1/16), 8 bits (of 1/256), 16 bits otherwise: the rate holds,
+    alone and beside a model of another width (the per-model path), and each model draws from its own stream."""
+    both = build_model("attention", spec(K=2, dropout=[p, 0.5])).train()
+    alone = build_model("attention", spec(K=1, dropout=[p])).train()
+    assert both._bits == [bits, 1]
+    keep, solo = both.keep_mask(64, 2000)[0], alone.keep_mask(64, 2000)[0]
+    assert torch.equal(keep, solo) and set(torch.unique(keep).tolist()) == {0.0, 1.0}
+    assert abs(float(1 - keep.mean()) - p) < 0.01
+    assert abs(float(1 - alone.keep_mask(64, 2000)[0].mean()) - p) < 0.01   # the next draw: fresh bits, same rate
+
+
 def test_dropout_rate_and_per_model_independence() -> None:
     s = spec(K=3, dropout=[0.5, 0.3, 0.0])
     m = build_model("attention", s).train()
