@@ -109,9 +109,11 @@ class BatchedModel(nn.Module):
         # else 16 (p within 8e-6 of its nominal value); an element is kept iff its b-bit draw u >= p * 2^b
         self._bits = [next((b for b in (1, 2, 4, 8) if float(p * (1 << b)).is_integer()), 16) for p in self._p]
         thr = [round(p * (1 << b)) - (1 << 15 if b == 16 else 0) for p, b in zip(self._p, self._bits)]
-        # keep iff u >= thr  <=>  clamp(u - (thr - 1), 0, 1) == 1   (u an integer held exactly in float32; float
-        # arithmetic here is ~1.7x faster than a comparison to a bool tensor and its conversion)
+        # keep iff u >= thr  <=>  clamp(u - (thr - 1), 0, 1) == 1   (u an integer held exactly in float32)
         self._thr_m1 = torch.tensor([t - 1 for t in thr], dtype=torch.float32, device=self.device).view(-1, 1)
+        # bit offsets of the b-bit fields of a byte, b < 8: [1, 8 / b, 1]
+        self._shifts = {b: torch.arange(0, 8, b, dtype=torch.uint8, device=self.device).view(1, 8 // b, 1)
+                        for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
 
@@ -215,11 +217,11 @@ class BatchedModel(nn.Module):
         draws field j (bits j*b .. j*b+b-1) of byte i when b < 8, byte i when b = 8, int16 word i when b = 16."""
         rows = raw.shape[0]
         if bits < 8:
-            per, nbytes = 8 // bits, -(-numel // (8 // bits))
+            per = 8 // bits
+            nbytes = -(-numel // per)
             u8 = raw.view(torch.uint8)[:, :nbytes]
             fields = self._buffer(f"bits{bits}", (rows, per, nbytes), torch.uint8)
-            shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=u8.device).view(1, per, 1)
-            torch.bitwise_right_shift(u8.unsqueeze(1), shifts, out=fields)
+            torch.bitwise_right_shift(u8.unsqueeze(1), self._shifts[bits], out=fields)
             draws = fields.bitwise_and_((1 << bits) - 1).view(rows, -1)[:, :numel]
         else:
             draws = raw.view(torch.uint8 if bits == 8 else torch.int16)[:, :numel]
