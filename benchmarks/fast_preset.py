@@ -4,13 +4,15 @@ Every point is one `trainer run` command, timed from the moment the process star
 start-up, imports, reading the features from the store, all 5 folds, scoring and recording included), on a
 synthetic store with MER2024 shapes (trainer.synthetic.make_store: 5,030 train / 1,000 test rows, six
 imbalanced classes with valence, planted signal 0.35, attention fusion). The curve: test WAF (fold-averaged
-logits) against wall seconds for a few epoch budgets of each preset (seed 0). Then the two presets at their
-own epochs on three settings, each over seeds 0-2 (mean ± std; one command trains every seed): the main one,
-unimodal (acoustic 1024-d) and Top-3 (three different acoustic and three different visual encoders, planted
-signal 0.35 / 0.30 / 0.25 in each modality, one branch each). Last, an ablation run in-process: the preset
-against the same recipe with an inner split that selects the epoch and stops early.
+logits) against wall seconds for a few epoch budgets of each preset (seed 0), and the fast preset with float32
+data layers (`--fp32-data`) beside its bf16 ones. Then the presets at their own epochs on three settings, each
+over seeds 0-4 (mean ± std; one command trains every seed; over 3 seeds the Top-3 comparison moved by a point
+with the dropout stream alone): the main one, unimodal (acoustic 1024-d) and Top-3 (three different acoustic
+and three different visual encoders, planted signal 0.35 / 0.30 / 0.25 in each modality, one branch each).
+Last, an ablation run in-process: the preset against the same recipe with an inner split that selects the
+epoch and stops early.
 
-    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~40 minutes on a quiet 2-core VM)
+    .venv/bin/python benchmarks/fast_preset.py                 # the figure of RESULTS.md (~50 minutes on a quiet 2-core VM)
     .venv/bin/python benchmarks/fast_preset.py --quick         # smoke run (small store, a minute)
 """
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine, uptime  # noqa: E402
 
+from trainer.presets import PRESETS  # noqa: E402
 from trainer.synthetic import make_store  # noqa: E402
 
 TRAINER = str(Path(sys.executable).with_name("trainer"))
@@ -59,7 +62,7 @@ def main() -> None:
     ap.add_argument("--default-epochs", default="25,100", help="epoch budgets of the default preset")
     ap.add_argument("--fast-epochs", default="5,10,14", help="epoch budgets of the fast preset (10: its own)")
     ap.add_argument("--no-others", action="store_true", help="only the main setting's time-to-accuracy curve")
-    ap.add_argument("--seeds", default="0,1,2", help="seeds of the preset comparison on every setting")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the preset comparison on every setting")
     ap.add_argument("--no-ablation", action="store_true")
     a = ap.parse_args()
     n_train, n_test = (600, 200) if a.quick else (5030, 1000)
@@ -82,6 +85,10 @@ def main() -> None:
                 wall, test, cv, warns, _ = run(stores["main"], db, [*main_args, "--preset", preset, "--epochs", e])
                 note = "; ".join(w for w in warns if "stopp" in w or "budget" in w or "batch size" in w)
                 print(f"| {preset} | {e} | {wall:.1f} | {test:.4f} | {cv:.4f} | {note} |", flush=True)
+        # the preset's bf16 data layers against float32 ones, side by side (the same recipe otherwise)
+        wall, test, cv, warns, _ = run(stores["main"], db, [*main_args, "--preset", "fast", "--fp32-data"])
+        print(f"| fast, --fp32-data | {PRESETS['fast']['epochs']} | {wall:.1f} | {test:.4f} | {cv:.4f} | "
+              f"{'; '.join(w for w in warns if 'bf16' in w)} |", flush=True)
         if a.no_others:
             return
         settings = {"main A1024 + L5120 + V768": (stores["main"], main_args),
@@ -94,12 +101,13 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for label, (store, args) in settings.items():
             ref = None
-            for preset in ("default", "fast"):
+            for preset, more in (("default", []), ("fast", []), ("fast", ["--fp32-data"])):
                 extra = ["--epochs", "5"] if a.quick else []
-                wall, test, cv, _, std = run(store, db, [*args, "--preset", preset, "--seeds", a.seeds, *extra])
+                wall, test, cv, _, std = run(store, db, [*args, "--preset", preset, "--seeds", a.seeds, *more, *extra])
                 ref = test if ref is None else ref
                 delta = "—" if preset == "default" else f"{100 * (test - ref):+.2f}"
-                print(f"| {label} | {preset} | {wall:.1f} | {test:.4f} ± {std:.4f} | {delta} | {cv:.4f} |", flush=True)
+                name = " ".join([preset, *more])
+                print(f"| {label} | {name} | {wall:.1f} | {test:.4f} ± {std:.4f} | {delta} | {cv:.4f} |", flush=True)
         if a.no_ablation:
             return
         ablation(stores, n_train)

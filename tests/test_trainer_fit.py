@@ -242,6 +242,25 @@ def test_bf16_progress_and_results_database_rows(feats: FeatureSet, tmp_path: Pa
     assert len(hashes) == 2 and db.done_trials(hashes, [0]) == {(h, 0) for h in hashes}
 
 
+def test_data_bf16_runs_the_data_layers_in_bfloat16_or_says_why_not(feats: FeatureSet,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.fit as fit
+
+    p = FAST.replace(epochs=2)
+    ref = run_experiment(feats, "attention", p)
+    emotion = lambda r: r.test_outputs[(0, 0, "test1")].emotion  # noqa: E731
+    monkeypatch.setattr(fit, "native_bf16", lambda device: True)
+    a, b = (run_experiment(feats, "attention", p.replace(data_bf16=True)) for _ in range(2))
+    assert np.array_equal(emotion(a), emotion(b))                    # deterministic for a seed
+    assert not np.array_equal(emotion(a), emotion(ref))              # the bf16 path ran ...
+    assert abs(cv(a)["waf"] - cv(ref)["waf"]) < 0.05                 # ... and learned as much
+    assert not any("data_bf16" in w for w in a.warnings)
+    monkeypatch.setattr(fit, "native_bf16", lambda device: False)   # e.g. an AVX2-only CPU: float32, said so
+    c = run_experiment(feats, "attention", p.replace(data_bf16=True))
+    assert np.array_equal(emotion(c), emotion(ref))
+    assert any("no native bfloat16 matmuls" in w for w in c.warnings)
+
+
 def test_bad_configs_are_one_line_errors(feats: FeatureSet) -> None:
     from featstore.errors import FeatstoreError
 

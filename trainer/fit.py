@@ -91,6 +91,9 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     device = torch.device(protocol.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = {k: f.dim for k, f in features.features.items()}
 
+    if protocol.data_bf16 and not native_bf16(device):
+        warnings.append(f"data_bf16: this {device.type} has no native bfloat16 matmuls (emulated ones are slower than "
+                        f"float32), so the data layers ran in float32")
     outcomes: dict[int, Outcome] = {}
     moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}   # standardisation, by training rows
     kept: list[tuple[list[tuple[int, int, int]], _GroupTrainer]] = []
@@ -131,6 +134,23 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
                       n_classes, has_valence)
     result.models = kept
     return result
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices natively: a CUDA GPU that supports bf16, or an x86 CPU with
+    AVX512-BF16 or AMX-BF16 (Linux: the flags of /proc/cpuinfo). Elsewhere oneDNN emulates bf16, slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split()))
+    except OSError:
+        pass
+    return False
 
 
 def _fit_batch_size(protocol: Protocol, plans: dict[int, Plan], warnings: list[str]) -> Protocol:
@@ -343,6 +363,8 @@ class _GroupTrainer:
         self._xbuf: dict[tuple[str, str, int], torch.Tensor] = {}
         self.autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if protocol.bf16
                          else contextlib.nullcontext())
+        if protocol.data_bf16 and native_bf16(device):
+            self.model.data_dtype = torch.bfloat16
         self.timings["setup"] += time.perf_counter() - t0
 
     # -------------------------------------------------------------- one epoch of minibatches

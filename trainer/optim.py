@@ -56,13 +56,12 @@ class BatchedAdam:
 
     def _update(self, a: int, b: int) -> None:
         ps, gs, ms, vs = [], [], [], []
+        whole = a == 0 and b == self.K          # the usual case: every model takes the step, no views needed
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
-            ps.append(p.data[a:b])
-            gs.append(p.grad[a:b])
-            ms.append(m[a:b])
-            vs.append(v[a:b])
+            for out, t in ((ps, p.data), (gs, p.grad), (ms, m), (vs, v)):
+                out.append(t if whole else t[a:b])
         if not ps:
             return
         if self.fused and hasattr(torch, "_fused_adam_"):

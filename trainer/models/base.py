@@ -18,7 +18,8 @@ a product with it.
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are
 masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
 straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost milliseconds on
-these virtual machines).
+these virtual machines). With `data_dtype` = bfloat16 (Protocol.data_bf16) these layers multiply bf16 copies of
+the masked inputs and weights, kept in reused buffers too; weights, gradients and Adam stay float32.
 """
 
 from __future__ import annotations
@@ -54,18 +55,25 @@ class ModelSpec:
 class _DataLinear(torch.autograd.Function):
     """y = (x @ W) * scale + b for a data input x [K, n, D] (no gradient). dW is written into W.grad in place
     (a persistent buffer), so autograd never allocates nor accumulates it; returning None for W is deliberate.
-    Under autocast (bf16) the products run in the autocast dtype and dW is stored back in float32."""
+
+    low = (x_low, w_low, dw_low): the products run in bfloat16 (data_bf16, or under autocast) on copies of x and
+    W held in these reused buffers, and dW is stored back in float32. Reused, because a fresh multi-MB tensor
+    per step costs milliseconds of page faults on these VMs (a [5, 5120, 128] cast took 6 ms, not 0.3)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None,
-                grad_buf: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        dev = x.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        with torch.autocast(dev, enabled=False):
-            y = torch.bmm(x.to(dt), w.to(dt)).float() if dt is not None else torch.bmm(x, w)
+                grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+                ) -> torch.Tensor:  # type: ignore[override]
+        with torch.autocast(x.device.type, enabled=False):
+            if low is None:
+                y = torch.bmm(x, w)
+            else:
+                if x.dtype != low[0].dtype:
+                    x = low[0].copy_(x)
+                y = torch.bmm(x, low[1].copy_(w)).float()
             out = torch.addcmul(b, y, scale) if scale is not None else y.add_(b)
         ctx.save_for_backward(x, scale if scale is not None else torch.empty(0))
-        ctx.has_scale, ctx.grad_buf, ctx.dt = scale is not None, grad_buf, dt
+        ctx.has_scale, ctx.grad_buf, ctx.low = scale is not None, grad_buf, low
         return out
 
     @staticmethod
@@ -75,11 +83,12 @@ class _DataLinear(torch.autograd.Function):
         gb = g.sum(dim=1, keepdim=True)
         if ctx.has_scale:
             g = g * scale
-        if ctx.dt is None:
+        if ctx.low is None:
             torch.bmm(x.transpose(1, 2), g, out=ctx.grad_buf)
         else:
-            ctx.grad_buf.copy_(torch.bmm(x.transpose(1, 2).to(ctx.dt), g.to(ctx.dt)))
-        return None, None, gb, None, None
+            dw = ctx.low[2]
+            ctx.grad_buf.copy_(torch.bmm(x.transpose(1, 2), g.to(dw.dtype), out=dw))
+        return None, None, gb, None, None, None
 
 
 class BatchedModel(nn.Module):
@@ -116,6 +125,7 @@ class BatchedModel(nn.Module):
                         for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
+        self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.data_bf16): see _DataLinear
 
     # ------------------------------------------------------------------ layers
     def linear(self, name: str, in_dims: Sequence[int], out: int, data: bool = False) -> None:
@@ -166,14 +176,21 @@ class BatchedModel(nn.Module):
             return self.apply_linear(name, xs)   # evaluation: no dropout, plain (possibly shared) matmul
         b = getattr(self, f"{name}_b")
         scale = self._scale if any(self._p) else None
+        dev = xs[0].device.type
+        low_dt = self.data_dtype or (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
         out: torch.Tensor | None = None
         for i, x in enumerate(xs):
             w = getattr(self, f"{name}_w{i}")
             if scale is not None:
                 keep = self.keep_mask(x.shape[1], x.shape[2])
                 x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
+            low = None
+            if low_dt is not None:   # bf16 copies of x and W, and the bf16 dW, in reused buffers
+                low = (self._buffer(f"{name}_xlow{i}", tuple(x.shape), low_dt),
+                       self._buffer(f"{name}_wlow{i}", tuple(w.shape), low_dt),
+                       self._buffer(f"{name}_dwlow{i}", tuple(w.shape), low_dt))
             zero_b = b if out is None else torch.zeros_like(b)
-            y = _DataLinear.apply(x, w, zero_b, scale, w.grad)
+            y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low)
             out = y if out is None else out + y
         assert out is not None
         return out
