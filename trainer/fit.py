@@ -112,7 +112,8 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
         fs = features if device.type == "cpu" else features.to(device)
         batches = []
         for g in groups.values():
-            per_model = _model_bytes(features, dims, int(g[0].hyper["hidden"]), n_classes)
+            per_model = _model_bytes(features, dims, int(g[0].hyper["hidden"]), n_classes,
+                                     bool(protocol.data_bf16) and native_bf16(device))
             chunk = max_models or max(1, MODEL_BUDGET_BYTES // max(1, per_model))
             batches += [g[i:i + chunk] for i in range(0, len(g), chunk)]
         for gi, batch in enumerate(batches):
@@ -203,11 +204,14 @@ def _group_key(hyper: dict[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
-def _model_bytes(features: FeatureSet, dims: dict[str, int], hidden: int, n_classes: int) -> int:
+def _model_bytes(features: FeatureSet, dims: dict[str, int], hidden: int, n_classes: int,
+                 low_copies: bool = False) -> int:
+    """Bytes of one model in a batched module: parameters, gradients, Adam's two moments and the best copy (float32),
+    plus the bf16 copies of the data weights and their gradients when the data layers run in bf16."""
     M = len(features.branches)
     d = sum(dims[p] for b in features.branches for p in b.parts)
     n_params = hidden * (d + 3 * M * hidden + 3 * hidden + n_classes + M + 1)
-    return 5 * 4 * n_params
+    return 5 * 4 * n_params + (2 * 2 * hidden * d if low_copies else 0)
 
 
 def _absent_classes(features: FeatureSet, plans: dict[int, Plan], n_classes: int) -> list[str]:
