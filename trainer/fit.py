@@ -91,7 +91,8 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     device = torch.device(protocol.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = {k: f.dim for k, f in features.features.items()}
 
-    if protocol.data_bf16 and not native_bf16(device):
+    low_bf16 = bool(protocol.data_bf16) and native_bf16(device)    # decided once per run
+    if protocol.data_bf16 and not low_bf16:
         warnings.append(f"data_bf16: this {device.type} has no native bfloat16 matmuls (emulated ones are slower than "
                         f"float32), so the data layers ran in float32")
     outcomes: dict[int, Outcome] = {}
@@ -112,15 +113,14 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
         fs = features if device.type == "cpu" else features.to(device)
         batches = []
         for g in groups.values():
-            per_model = _model_bytes(features, dims, int(g[0].hyper["hidden"]), n_classes,
-                                     bool(protocol.data_bf16) and native_bf16(device))
+            per_model = _model_bytes(features, dims, int(g[0].hyper["hidden"]), n_classes, low_bf16)
             chunk = max_models or max(1, MODEL_BUDGET_BYTES // max(1, per_model))
             batches += [g[i:i + chunk] for i in range(0, len(g), chunk)]
         for gi, batch in enumerate(batches):
             if progress:
                 progress("group", {"group": gi, "groups": len(batches), "models": len(batch)})
             trainer = _GroupTrainer(batch, fs, fusion, protocol, selection, n_classes, has_valence, device,
-                                    plans, progress, gi, moments)
+                                    plans, progress, gi, moments, torch.bfloat16 if low_bf16 else None)
             res = trainer.run()
             warnings.extend(trainer.notes)
             for j, o in zip(batch, res):
@@ -299,8 +299,10 @@ class _GroupTrainer:
     def __init__(self, jobs: list[Job], fs: FeatureSet, fusion: str, protocol: Protocol, selection: str,
                  n_classes: int, has_valence: bool, device: torch.device, plans: dict[int, Plan],
                  progress: Progress | None, group_index: int,
-                 moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        """`moments`: standardisation statistics by (feature, training rows), shared by the groups of one run."""
+                 moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 data_dtype: torch.dtype | None = None) -> None:
+        """`moments`: standardisation statistics by (feature, training rows), shared by the groups of one run.
+        `data_dtype`: the dtype the data layers multiply in (bfloat16 for Protocol.data_bf16 on native hardware)."""
         t0 = time.perf_counter()
         self.jobs, self.fs, self.p, self.selection = jobs, fs, protocol, selection
         self.n_classes, self.has_valence, self.device = n_classes, has_valence, device
@@ -367,8 +369,7 @@ class _GroupTrainer:
         self._xbuf: dict[tuple[str, str, int], torch.Tensor] = {}
         self.autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if protocol.bf16
                          else contextlib.nullcontext())
-        if protocol.data_bf16 and native_bf16(device):
-            self.model.data_dtype = torch.bfloat16
+        self.model.data_dtype = data_dtype
         self.timings["setup"] += time.perf_counter() - t0
 
     # -------------------------------------------------------------- one epoch of minibatches
