@@ -544,7 +544,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "steps": (Annotated[Optional[int], typer.Option("--steps", help="Sequence models: cap on each feature's time steps (longer sequences are average-pooled by an integer factor).")], None),
     "aligned": (Annotated[Optional[bool], typer.Option("--aligned/--unaligned", help="Sequence models: resample every modality of a sample to one time axis (its text length), or keep each its own (default: what the model needs; unaligned for mult).")], None),
     "protocol": (ProtocolOpt, "mertools"),
-    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (larger batches, warm-up + cosine lr over a few epochs, bf16 data layers where native, strict protocol, no epoch selection); fills the options left at their defaults.")], "default"),
+    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (larger batches, warm-up + cosine lr over a few epochs, bf16 training where native, strict protocol, no epoch selection); fills the options left at their defaults.")], "default"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
     "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),
@@ -555,7 +555,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "seeds": (SeedsOpt, "0"),
     "threads": (ThreadsOpt, 1),
     "bf16": (Bf16Opt, False),
-    "data_bf16": (Annotated[Optional[bool], typer.Option("--data-bf16/--fp32-data", help="Each branch's first layer (nearly all the FLOPs) multiplies in bfloat16 during training; weights, gradients and Adam stay float32 (default: the preset's; fast: on where the hardware has native bf16).")], None),
+    "train_bf16": (Annotated[Optional[bool], typer.Option("--train-bf16/--fp32-train", help="Training steps multiply in bfloat16 (each branch's first layer, nearly all the FLOPs, on kept bf16 copies; the rest under autocast); weights, gradients, Adam and evaluation stay float32 (default: the preset's; fast: on where the hardware has native bf16).")], None),
     "max_models": (MaxModelsOpt, None),
     "test_splits": (TestSplitsOpt, None),
     "workers": (WorkersOpt, None),
@@ -638,7 +638,7 @@ def trainer_run_cmd(
     audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
     weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
-    data_bf16: Optional[bool],
+    train_bf16: Optional[bool],
     max_models: Optional[int], test_splits: Optional[str], results: Optional[Path], store: str, as_json: bool,
     steps: Optional[int], aligned: Optional[bool], preset: str,
 ) -> None:
@@ -654,7 +654,7 @@ def trainer_run_cmd(
     t0 = time.perf_counter()
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
-                      bf16=bf16, data_bf16=data_bf16, test_splits=test_splits, steps=steps, aligned=aligned,
+                      bf16=bf16, train_bf16=train_bf16, test_splits=test_splits, steps=steps, aligned=aligned,
                       preset=preset)
     epochs = proto.epochs
     fs = _open(store, read_only=True)
@@ -801,7 +801,7 @@ def trainer_grid_cmd(
     softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights in every trial.")] = False,
     *,
     fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
-    weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, data_bf16: Optional[bool],
+    weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, train_bf16: Optional[bool],
     max_models: Optional[int], test_splits: Optional[str], workers: Optional[int], scheduler: Optional[str],
     results: Optional[Path], store: str, as_json: bool, steps: Optional[int], aligned: Optional[bool], preset: str,
 ) -> None:
@@ -815,7 +815,7 @@ def trainer_grid_cmd(
     if workers is not None and scheduler is not None:
         raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
-                      seeds=seeds, threads=threads, bf16=bf16, data_bf16=data_bf16, test_splits=test_splits,
+                      seeds=seeds, threads=threads, bf16=bf16, train_bf16=train_bf16, test_splits=test_splits,
                       steps=steps, aligned=aligned, preset=preset)
     fs = _open(store, read_only=True)
     db = _results_db(results, fs.path)

@@ -36,8 +36,8 @@ def fast(**kw: object) -> Protocol:
 def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
     p = apply_preset(Protocol(epochs=7), "fast")
     assert p.epochs == 7 and p.batch_size == PRESETS["fast"]["batch_size"] and p.mode == "strict"
-    assert p.schedule == "cosine" and p.inner_fraction == 0 and p.patience is None and p.data_bf16
-    assert apply_preset(Protocol(data_bf16=False), "fast").data_bf16 is False     # --fp32-data wins over the preset
+    assert p.schedule == "cosine" and p.inner_fraction == 0 and p.patience is None and p.train_bf16
+    assert apply_preset(Protocol(train_bf16=False), "fast").train_bf16 is False   # --fp32-train wins over the preset
     assert apply_preset(Protocol(epochs=7, mode="strict", inner_fraction=0.3), "fast").inner_fraction == 0.3
     assert apply_preset(Protocol(), "default") == Protocol()
     with pytest.raises(UnknownNameError, match="unknown preset 'fsat'.*fast"):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import FeatureSet, load_features
-from trainer.fit import _GroupTrainer, model_seed, normalise_configs, run_experiment
+from trainer.fit import _GroupTrainer, _moments, model_seed, normalise_configs, run_experiment
 from trainer.protocol import Protocol
 from trainer.synthetic import make_store
 
@@ -183,6 +183,25 @@ def test_strict_mode_selects_inside_the_training_fold_and_standardises_from_its_
     assert {r["split"] for r in mert.rows} == {"cv", "test1"}
 
 
+def test_standardisation_moments_of_many_row_sets_in_one_pass_match_float64() -> None:
+    """Every training-row set of a run in one pass (small chunks, so several): the float64 mean and biased std
+    of those rows, also for a large mean (no cancellation) and for sequences over their real steps only."""
+    g = np.random.default_rng(3)
+    x = torch.from_numpy(g.normal(1e4, 0.5, (90, 7)).astype(np.float32))
+    sets = [g.choice(90, size=n, replace=False) for n in (60, 45, 1)]
+    for (mean, std), rows in zip(_moments(x, sets, None, chunk_bytes=8 * 7 * 16), sets):
+        ref = x.double().numpy()[rows]
+        np.testing.assert_allclose(mean.numpy(), ref.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(std.numpy(), ref.std(0), rtol=1e-6, atol=1e-9)
+    seq, lengths = torch.randn(40, 9, 5) * 3 + 2, torch.from_numpy(g.integers(1, 10, 40))
+    for i, n in enumerate(lengths.tolist()):
+        seq[i, n:] = 1e6                                   # padding: must not count
+    rows = np.arange(0, 40, 3)
+    (mean, std), = _moments(seq, [rows], lengths, chunk_bytes=8 * 9 * 5 * 4)
+    steps = torch.cat([seq[i, :int(lengths[i])] for i in rows]).double()
+    assert torch.allclose(mean, steps.mean(0), rtol=1e-10) and torch.allclose(std, steps.std(0, unbiased=False), rtol=1e-8)
+
+
 def test_mlp_sentiment_official_splits(tmp_path: Path) -> None:
     """A sentiment dataset (catalog cmu-mosi): regression head only, scored by the sign; official folds."""
     make_store(tmp_path / "s.zarr", n_train=120, n_test=40, dims={"aud": ("audio", 8)}, dataset="cmu-mosi",
@@ -242,22 +261,29 @@ def test_bf16_progress_and_results_database_rows(feats: FeatureSet, tmp_path: Pa
     assert len(hashes) == 2 and db.done_trials(hashes, [0]) == {(h, 0) for h in hashes}
 
 
-def test_data_bf16_runs_the_data_layers_in_bfloat16_or_says_why_not(feats: FeatureSet,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_bf16_trains_in_bfloat16_evaluates_in_float32_or_says_why_not(feats: FeatureSet,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import trainer.fit as fit
+    from trainer.models.attention import Attention
 
     p = FAST.replace(epochs=2)
     ref = run_experiment(feats, "attention", p)
     emotion = lambda r: r.test_outputs[(0, 0, "test1")].emotion  # noqa: E731
+    seen: list[tuple[bool, torch.dtype]] = []                        # (training, dtype of the emotion logits)
+    forward = Attention.forward
+    monkeypatch.setattr(Attention, "forward", lambda self, *a, **k: (lambda o: seen.append(
+        (self.training, o["emotion"].dtype)) or o)(forward(self, *a, **k)))
     monkeypatch.setattr(fit, "native_bf16", lambda device: True)
-    a, b = (run_experiment(feats, "attention", p.replace(data_bf16=True)) for _ in range(2))
+    a, b = (run_experiment(feats, "attention", p.replace(train_bf16=True)) for _ in range(2))
     assert np.array_equal(emotion(a), emotion(b))                    # deterministic for a seed
     assert not np.array_equal(emotion(a), emotion(ref))              # the bf16 path ran ...
     assert abs(cv(a)["waf"] - cv(ref)["waf"]) < 0.05                 # ... and learned as much
-    assert not any("data_bf16" in w for w in a.warnings)
+    assert {d for t, d in seen if t} == {torch.bfloat16} and {d for t, d in seen if not t} == {torch.float32}
+    assert not any("train_bf16" in w for w in a.warnings)
+    seen.clear()
     monkeypatch.setattr(fit, "native_bf16", lambda device: False)   # e.g. an AVX2-only CPU: float32, said so
-    c = run_experiment(feats, "attention", p.replace(data_bf16=True))
-    assert np.array_equal(emotion(c), emotion(ref))
+    c = run_experiment(feats, "attention", p.replace(train_bf16=True))
+    assert np.array_equal(emotion(c), emotion(ref)) and {d for _, d in seen} == {torch.float32}
     assert any("no native bfloat16 matmuls" in w for w in c.warnings)
 
 

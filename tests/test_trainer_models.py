@@ -163,7 +163,7 @@ def test_dropout_rate_and_per_model_independence() -> None:
 
 
 def test_data_layers_in_bfloat16_stay_within_its_rounding_of_float32() -> None:
-    """data_dtype = bf16 (Protocol.data_bf16): the first layers multiply bf16 copies of the masked inputs and weights,
+    """data_dtype = bf16 (Protocol.train_bf16): the first layers multiply bf16 copies of the masked inputs and weights,
     their weight gradients land in the float32 .grad buffers; outputs stay within 1e-3 (relative) of the float32
     model's (same weights, same masks) and the weight gradients point the same way (cosine > 0.98; a few %
     apart: ReLUs near zero flip under bf16 rounding in this tiny model)."""

@@ -74,9 +74,10 @@ class Protocol:
                                         # selection score (selection rows only: inner split in strict mode)
     time_budget: float | None = None    # seconds of training per batched module; reaching it stops (and says so)
     min_steps: int | None = None        # minibatches per epoch at least: a larger batch falls back (and says so)
-    data_bf16: bool | None = None       # the data layers (each branch's first Linear: nearly all the FLOPs) multiply
-                                        # in bfloat16 during training; weights, gradients, Adam and evaluation stay
-                                        # float32. Hardware without native bf16 matmuls runs float32 (and says so)
+    train_bf16: bool | None = None      # training steps multiply in bfloat16: the data layers (each branch's first
+                                        # Linear, nearly all the FLOPs) on kept bf16 copies, the other layers under
+                                        # autocast; weights, gradients, Adam and evaluation stay float32. Hardware
+                                        # without native bf16 matmuls runs float32 (and says so)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

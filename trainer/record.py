@@ -14,7 +14,7 @@ from trainer.results import ResultsDB, config_hash
 # Protocol fields that do not change a trial's outcome (where or how fast it runs), left out of its hash.
 NOT_DEFINING = ("seeds", "threads", "device")
 # Protocol fields added later: left out of the hash while unset, so trials recorded before them keep their hashes.
-UNSET_OMITTED = ("steps", "aligned", "schedule", "warmup", "patience", "time_budget", "min_steps", "data_bf16")
+UNSET_OMITTED = ("steps", "aligned", "schedule", "warmup", "patience", "time_budget", "min_steps", "train_bf16")
 
 
 def trial_config(result: ExperimentResult, config: int, preset: str = "default",

@@ -18,8 +18,9 @@ a product with it.
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are
 masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
 straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost milliseconds on
-these virtual machines). With `data_dtype` = bfloat16 (Protocol.data_bf16) these layers multiply bf16 copies of
-the masked inputs and weights, kept in reused buffers too; weights, gradients and Adam stay float32.
+these virtual machines). With `data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of
+the masked inputs and weights, kept in reused buffers too (autocast would cast into fresh tensors every step); the
+trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class _DataLinear(torch.autograd.Function):
     """y = (x @ W) * scale + b for a data input x [K, n, D] (no gradient). dW is written into W.grad in place
     (a persistent buffer), so autograd never allocates nor accumulates it; returning None for W is deliberate.
 
-    low = (x_low, w_low, dw_low): the products run in bfloat16 (data_bf16, or under autocast) on copies of x and
+    low = (x_low, w_low, dw_low): the products run in bfloat16 (train_bf16, or under autocast) on copies of x and
     W held in these reused buffers, and dW is stored back in float32. Reused, because a fresh multi-MB tensor
     per step costs milliseconds of page faults on these VMs (a [5, 5120, 128] cast took 6 ms, not 0.3)."""
 
@@ -125,7 +126,7 @@ class BatchedModel(nn.Module):
                         for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
-        self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.data_bf16): see _DataLinear
+        self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.train_bf16): see _DataLinear
 
     # ------------------------------------------------------------------ layers
     def linear(self, name: str, in_dims: Sequence[int], out: int, data: bool = False) -> None:
