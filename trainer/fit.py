@@ -237,8 +237,7 @@ def _moments(x: torch.Tensor, row_sets: Sequence[np.ndarray], lengths: torch.Ten
     Rows are read in chunks of ~32 MB into reused float64 buffers; deviations from a centre c (the mean of the
     first chunk) and their squares are summed per set by one matrix product with the sets' 0/1 membership,
     so var = E[(x - c)^2] - (E[x] - c)^2 loses no precision to a large mean. One pass over the rows that any set
-    uses, whatever the number of sets: the five folds of a fast-preset run read the training rows once, not
-    twice per fold (0.3 s of its set-up before)."""
+    uses, whatever the number of sets: the five folds of a run read the training rows once, not twice per fold."""
     dev, D = x.device, x.shape[-1]
     union = torch.from_numpy(np.unique(np.concatenate([np.asarray(r, np.int64) for r in row_sets])))
     member = torch.zeros(len(row_sets), x.shape[0], dtype=torch.float64, device=dev)
