@@ -239,13 +239,15 @@ def _moments(x: torch.Tensor, row_sets: Sequence[np.ndarray], lengths: torch.Ten
     so var = E[(x - c)^2] - (E[x] - c)^2 loses no precision to a large mean. One pass over the rows that any set
     uses, whatever the number of sets: the five folds of a run read the training rows once, not twice per fold."""
     dev, D = x.device, x.shape[-1]
-    union = torch.from_numpy(np.unique(np.concatenate([np.asarray(r, np.int64) for r in row_sets])))
-    member = torch.zeros(len(row_sets), x.shape[0], dtype=torch.float64, device=dev)
-    for i, r in enumerate(row_sets):
-        member[i, torch.from_numpy(np.asarray(r, np.int64)).to(dev)] = 1.0
-    union = union.to(dev)
-    s1 = torch.zeros(len(row_sets), D, dtype=torch.float64, device=dev)
-    s2, count = torch.zeros_like(s1), torch.zeros(len(row_sets), 1, dtype=torch.float64, device=dev)
+    sets = [np.asarray(r, np.int64) for r in row_sets]
+    union = torch.from_numpy(np.unique(np.concatenate(sets))).to(dev)
+    member = torch.zeros(len(sets), x.shape[0], dtype=torch.float64, device=dev)
+    for i, r in enumerate(sets):
+        member[i, torch.from_numpy(r).to(dev)] = 1.0
+    # values counted per set: its rows, or their real steps
+    count = (member.sum(1) if lengths is None else member @ lengths.to(torch.float64)).unsqueeze(1)
+    s1 = torch.zeros(len(sets), D, dtype=torch.float64, device=dev)
+    s2 = torch.zeros_like(s1)
     centre: torch.Tensor | None = None
     gathered = buf = torch.empty(0, dtype=torch.float64, device=dev)
     chunk = max(1, chunk_bytes // (8 * max(1, int(np.prod(x.shape[1:])))))
@@ -264,13 +266,10 @@ def _moments(x: torch.Tensor, row_sets: Sequence[np.ndarray], lengths: torch.Ten
         m = member.index_select(1, r)                      # [sets, n]
         s1.addmm_(m, xs if valid is None else xs.sum(1))
         s2.addmm_(m, xs.square_() if valid is None else xs.square_().sum(1))
-        steps = torch.ones(len(r), 1, dtype=torch.float64, device=dev) if lengths is None else \
-            lengths.index_select(0, r).to(torch.float64).unsqueeze(1)
-        count.addmm_(m, steps)
     if centre is None:                                     # no rows at all
         centre = torch.zeros(D, dtype=torch.float64, device=dev)
     d, sq = s1 / count.clamp(min=1), s2 / count.clamp(min=1)
-    return [(centre + d[i], (sq[i] - d[i] * d[i]).clamp(min=0).sqrt()) for i in range(len(row_sets))]
+    return [(centre + d[i], (sq[i] - d[i] * d[i]).clamp(min=0).sqrt()) for i in range(len(sets))]
 
 
 @contextlib.contextmanager
