@@ -8,7 +8,8 @@ logits) against wall seconds for a few epoch budgets of each preset (seed 0), an
 float32 (`--fp32-train`) beside its bf16 training. Then the presets at their own epochs on three settings, each
 over seeds 0-4 (mean ± std; one command trains every seed; over 3 seeds the Top-3 comparison moved by a point
 with the dropout stream alone): the main one, unimodal (acoustic 1024-d) and Top-3 (three different acoustic
-and three different visual encoders, planted signal 0.35 / 0.30 / 0.25 in each modality, one branch each).
+and three different visual encoders, planted signal 0.35 / 0.30 / 0.25 in each modality, one branch each),
+with variants of the fast preset beside it (`--variants`: float32 training and the previous recipe's dropout).
 Last, an ablation run in-process: the preset against the same recipe with an inner split that selects the
 epoch and stops early.
 
@@ -64,6 +65,9 @@ def main() -> None:
     ap.add_argument("--no-others", action="store_true", help="only the main setting's time-to-accuracy curve")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the preset comparison on every setting")
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--variants", default="--fp32-train;--dropout 0.30078125",
+                    help="';'-separated extra options of the fast preset, each a row of every setting beside the "
+                         "preset itself (the default: float32 training, and the dropout of the previous recipe)")
     a = ap.parse_args()
     n_train, n_test = (600, 200) if a.quick else (5030, 1000)
     if a.quick:
@@ -101,7 +105,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for label, (store, args) in settings.items():
             ref = None
-            for preset, more in (("default", []), ("fast", []), ("fast", ["--fp32-train"])):
+            variants = [("fast", v.split()) for v in a.variants.split(";") if v.strip()]
+            for preset, more in (("default", []), ("fast", []), *variants):
                 extra = ["--epochs", "5"] if a.quick else []
                 wall, test, cv, _, std = run(store, db, [*args, "--preset", preset, "--seeds", a.seeds, *more, *extra])
                 ref = test if ref is None else ref

@@ -168,11 +168,14 @@ def test_strict_mode_selects_inside_the_training_fold_and_standardises_from_its_
     from trainer.fit import Job
     jobs = [Job(0, 0, f, cfg, model_seed(cfg, f.index, 0)) for f in plan.folds]
     tr = _GroupTrainer(jobs, feats, "attention", p, "waf", 6, True, torch.device("cpu"), {0: plan}, None, 0)
-    mu, inv = tr.std["txt"]
+    shift, inv = tr.std["txt"]          # x * inv + shift = (x - mean) / std
     for k, f in enumerate(plan.folds):
         x = feats.features["txt"].x[torch.from_numpy(f.train)].double()
-        assert torch.allclose(mu[k, 0].double(), x.mean(0), atol=1e-5)
         assert torch.allclose(inv[k, 0].double(), 1 / x.std(0, unbiased=False), rtol=1e-4)
+        assert torch.allclose(-shift[k, 0].double() / inv[k, 0].double(), x.mean(0), atol=1e-5)
+        z = x * inv[k, 0].double() + shift[k, 0].double()
+        assert torch.allclose(z.mean(0), torch.zeros(()).double(), atol=1e-5)
+        assert torch.allclose(z.std(0, unbiased=False), torch.ones(()).double(), atol=1e-4)
     # so test-row features cannot move the selection
     f = feats.features["txt"]
     x = f.x.clone()

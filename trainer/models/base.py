@@ -19,7 +19,8 @@ Hot path (the first layer of every branch, where nearly all the parameters and F
 masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
 straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost milliseconds on
 these virtual machines). With `data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of
-the masked inputs and weights, kept in reused buffers too (autocast would cast into fresh tensors every step); the
+the inputs (masked after the copy, in bf16, when the dropout draws fit in 8 bits) and of the weights, kept in
+reused buffers too (autocast would cast into fresh tensors every step); the
 trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
 """
 
@@ -182,14 +183,19 @@ class BatchedModel(nn.Module):
         out: torch.Tensor | None = None
         for i, x in enumerate(xs):
             w = getattr(self, f"{name}_w{i}")
-            if scale is not None:
-                keep = self.keep_mask(x.shape[1], x.shape[2])
-                x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
             low = None
             if low_dt is not None:   # bf16 copies of x and W, and the bf16 dW, in reused buffers
                 low = (self._buffer(f"{name}_xlow{i}", tuple(x.shape), low_dt),
                        self._buffer(f"{name}_wlow{i}", tuple(w.shape), low_dt),
                        self._buffer(f"{name}_dwlow{i}", tuple(w.shape), low_dt))
+            if scale is not None:
+                if low is not None and max(self._bits) <= 8:
+                    # masked in the low dtype (draws of <= 8 bits are exact there): the copy, then a half-width
+                    # product, instead of a float32 product and the copy of its result
+                    x = low[0].copy_(x).mul_(self.keep_mask(x.shape[1], x.shape[2], tag="mask_low", dtype=low_dt))
+                else:
+                    keep = self.keep_mask(x.shape[1], x.shape[2])
+                    x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
             zero_b = b if out is None else torch.zeros_like(b)
             y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low)
             out = y if out is None else out + y
@@ -205,13 +211,16 @@ class BatchedModel(nn.Module):
             self._buffers_cache[key] = buf
         return buf
 
-    def keep_mask(self, n: int, d: int, tag: str = "mask") -> torch.Tensor | None:
-        """[K, n, d] float32 keep-mask (1 = kept) for this step, each model's drawn from its own generator.
+    def keep_mask(self, n: int, d: int, tag: str = "mask", dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """[K, n, d] keep-mask (1 = kept) for this step, each model's drawn from its own generator.
 
         Only active models draw (a model idle at this step consumes nothing); the mask is a reused buffer,
-        valid until the next call with the same tag and shape."""
+        valid until the next call with the same tag and shape. `dtype` other than float32 needs draws of at most
+        8 bits (integers up to 255 are exact in bfloat16 and float16)."""
         if not self.training or not any(self._p):
             return None
+        if dtype != torch.float32 and max(self._bits) > 8:
+            raise ValueError(f"a {dtype} keep-mask needs draws of at most 8 bits; dropout {self._p} needs 16")
         K, numel = self.K, n * d
         words = [(numel * b + 63) // 64 for b in self._bits]
         raw = self._buffer("raw", (K, max(words)), torch.int64)
@@ -219,12 +228,13 @@ class BatchedModel(nn.Module):
         for k in range(K):
             if active[k] and self._p[k] > 0:
                 raw[k, :words[k]].random_(-(2**63), None, generator=self.spec.drop_generators[k])
-        mask = self._buffer(tag, (K, numel), torch.float32)
+        mask = self._buffer(tag, (K, numel), dtype)
+        thr_m1 = self._thr_m1.to(dtype)
         if len(set(self._bits)) == 1:
-            self._fill(mask, raw, self._bits[0], self._thr_m1, numel)
+            self._fill(mask, raw, self._bits[0], thr_m1, numel)
         else:
             for k in range(K):
-                self._fill(mask[k:k + 1], raw[k:k + 1], self._bits[k], self._thr_m1[k:k + 1], numel)
+                self._fill(mask[k:k + 1], raw[k:k + 1], self._bits[k], thr_m1[k:k + 1], numel)
         for k in range(K):
             if self._p[k] == 0:
                 mask[k].fill_(1.0)
