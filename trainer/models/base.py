@@ -15,13 +15,13 @@ otherwise (p within 8e-6 of the nominal value). Raw random bytes cost ~0.5 ns ea
 keep-mask is made in float arithmetic, clamp(u - thr + 1, 0, 1), 2-3x faster than a comparison to a bool tensor and
 a product with it.
 
-Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are
-masked into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by `torch.bmm(out=)`
-straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost milliseconds on
-these virtual machines). With `data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of
-the inputs (masked after the copy, in bf16, when the dropout draws fit in 8 bits) and of the weights, kept in
-reused buffers too (autocast would cast into fresh tensors every step); the
-trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
+Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are masked
+into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by
+`torch.bmm(out=)` straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost
+milliseconds on these virtual machines). With `data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply
+bf16 copies of the inputs (masked after the copy, in bf16, when the dropout draws fit in 8 bits) and of the
+weights, kept in reused buffers too (autocast would cast into fresh tensors every step); the trainer runs the other
+layers under autocast; weights, gradients and Adam stay float32.
 """
 
 from __future__ import annotations
