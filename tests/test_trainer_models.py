@@ -206,3 +206,48 @@ def test_bfloat16_data_layers_mask_after_the_cast_exactly_as_before_it(p: float)
     if bits > 8:
         with pytest.raises(ValueError, match="at most 8 bits"):
             build_model("attention", spec(K=3, dropout=p)).train().keep_mask(4, 4, dtype=torch.bfloat16)
+
+
+def test_every_weight_gets_only_this_steps_gradient() -> None:
+    """Each step's update uses that step's gradient alone: BatchedAdam.zero_grad (which keeps the data layers'
+    persistent .grad buffers) trains exactly like zeroing every .grad by hand before each step. A layer over
+    activations registered as a data layer (as the attention MLP's first layer once was) would sum its
+    gradients over all steps and fail this."""
+    from trainer.optim import BatchedAdam
+
+    batches = [inputs(3, 8) for _ in range(3)]
+    for i, b in enumerate(batches):
+        b["a"] = b["a"] + i
+    runs = []
+    for by_hand in (False, True):
+        m = build_model("attention", spec(K=3, dropout=0.5)).train()
+        opt = BatchedAdam(list(m.parameters()), [1e-2] * 3, [1e-5] * 3)
+        for x in batches:
+            out = m(x)
+            opt.zero_grad()
+            if by_hand:
+                for p in m.parameters():
+                    if p.grad is not None:
+                        p.grad.zero_()
+            (out["emotion"].square().mean() + out["valence"].square().mean()).backward()
+            opt.step()
+        runs.append(dict(m.named_parameters()))
+    for name, p in runs[0].items():
+        assert torch.equal(p, runs[1][name]), name
+
+
+def test_data_layers_refuse_autograd_and_take_shared_rows_in_training() -> None:
+    """A layer built with data=True keeps a persistent .grad that only apply_data_linear writes: running it through
+    apply_linear while training is refused. Rows shared by every model ([n, D]) train like the same rows given
+    to each model ([K, n, D])."""
+    m = build_model("attention", spec(K=3, dropout=0.5)).train()
+    with pytest.raises(RuntimeError, match="enc0_1.*apply_data_linear"):
+        m.apply_linear("enc0_1", [torch.randn(3, 4, DIMS["a"])])
+    shared = inputs(3, 8, shared=True)
+    outs = []
+    for x in (shared, {k: v.expand(3, *v.shape) for k, v in shared.items()}):
+        mk = build_model("attention", spec(K=3, dropout=0.5)).train()
+        out = mk(x)
+        (out["emotion"].square().mean() + out["valence"].square().mean()).backward()
+        outs.append((out["emotion"].detach(), mk.enc1_1_w0.grad.clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -28,7 +28,7 @@ class Attention(MLPEncoderMixin, BatchedModel):
         H = spec.hidden
         self.branch_names = self.branch_encoders(H)
         M = len(self.branch_names)
-        self.mlp_encoder("att", [H * M], H)
+        self.mlp_encoder("att", [H * M], H, data=False)    # over activations: plain autograd layers
         self.linear("fc_att", [H], M)
         self.output_heads(H)
 

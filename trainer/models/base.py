@@ -160,6 +160,10 @@ class BatchedModel(nn.Module):
     def apply_linear(self, name: str, xs: Sequence[torch.Tensor], scale: torch.Tensor | None = None) -> torch.Tensor:
         """sum_i xs[i] @ W_i (times `scale` per model) + b. xs: [K, n, in_i] or [n, in_i] (shared by every model)."""
         b = getattr(self, f"{name}_b")
+        if self.training and torch.is_grad_enabled() and getattr(getattr(self, f"{name}_w0"), "_direct_grad", False):
+            # autograd would add into the persistent .grad that zero_grad keeps: a gradient summed over all steps
+            raise RuntimeError(f"{type(self).__name__}: layer '{name}' was built with data=True; with gradients "
+                               f"on it must run through apply_data_linear (or be built with data=False)")
         if scale is None and len(xs) == 1 and xs[0].dim() == 3:
             return torch.baddbmm(b, xs[0], getattr(self, f"{name}_w0"))
         acc: torch.Tensor | None = None
@@ -174,8 +178,9 @@ class BatchedModel(nn.Module):
 
     def apply_data_linear(self, name: str, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The first layer of an encoder over data inputs, input dropout included (masks drawn per part)."""
-        if not (self.training and torch.is_grad_enabled()) or any(x.dim() != 3 for x in xs):
+        if not (self.training and torch.is_grad_enabled()):
             return self.apply_linear(name, xs)   # evaluation: no dropout, plain (possibly shared) matmul
+        xs = [x.expand(self.K, *x.shape) if x.dim() == 2 else x for x in xs]   # rows shared by every model
         b = getattr(self, f"{name}_b")
         scale = self._scale if any(self._p) else None
         dev = xs[0].device.type
@@ -302,6 +307,8 @@ class MLPEncoderMixin:
 
     def mlp_encoder(self: BatchedModel, name: str, in_dims: Sequence[int], hidden: int,  # type: ignore[misc]
                     data: bool = True) -> None:
+        """data=True: the first layer reads data inputs (`run_encoder`, through apply_data_linear); False for an
+        encoder over activations (`run_hidden_encoder`)."""
         self.linear(f"{name}_1", in_dims, hidden, data=data)
         self.linear(f"{name}_2", [hidden], hidden)
         self.linear(f"{name}_3", [hidden], hidden)
