@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -26,18 +28,31 @@ import_app = typer.Typer(help="Bring features in: `hdf5` (a featstore export) or
 featstore_app.add_typer(import_app, name="import")
 
 
+_GIVEN: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("given_options", default=frozenset())
+
+
 def command(app: typer.Typer, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a typer command whose FeatstoreErrors print as one red line and exit with status 1."""
+    """Register a typer command whose FeatstoreErrors print as one red line and exit with status 1; while it runs,
+    `_GIVEN` holds the names of the parameters the user typed (so a preset never replaces them)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, _typer_ctx: typer.Context, **kwargs: Any) -> Any:
+            given = frozenset(k for k in kwargs if getattr(_typer_ctx.get_parameter_source(k), "name", "DEFAULT")
+                              not in ("DEFAULT", "DEFAULT_MAP"))
+            token = _GIVEN.set(given)
             try:
                 return fn(*args, **kwargs)
             except FeatstoreError as exc:
                 err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
+            finally:
+                _GIVEN.reset(token)
 
+        sig = inspect.signature(fn, eval_str=True)
+        ctx = inspect.Parameter("_typer_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), ctx])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**fn.__annotations__, "_typer_ctx": typer.Context}
         app.command(name)(wrapper)
         return fn
 
@@ -544,7 +559,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "steps": (Annotated[Optional[int], typer.Option("--steps", help="Sequence models: cap on each feature's time steps (longer sequences are average-pooled by an integer factor).")], None),
     "aligned": (Annotated[Optional[bool], typer.Option("--aligned/--unaligned", help="Sequence models: resample every modality of a sample to one time axis (its text length), or keep each its own (default: what the model needs; unaligned for mult).")], None),
     "protocol": (ProtocolOpt, "mertools"),
-    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (larger batches, warm-up + cosine lr over a few epochs, bf16 training where native, strict protocol, no epoch selection); fills the options left at their defaults.")], "default"),
+    "preset": (Annotated[str, typer.Option("--preset", help="Training recipe (trainer/presets.py): default (the MERTools protocol) or fast (larger batches, warm-up + cosine lr over a few epochs, bf16 training where native, strict protocol, no epoch selection); fills the options not given on the command line.")], "default"),
     "hidden_dim": (Annotated[int, typer.Option(help="Hidden size.")], 128),
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
     "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),
@@ -586,6 +601,9 @@ def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+_OPTION_FIELDS = {"hidden_dim": "hidden", "protocol": "mode"}   # command-line name -> Protocol field, where they differ
+
+
 def _protocol(**kw: Any):  # noqa: ANN202
     from trainer.protocol import Protocol
 
@@ -594,9 +612,11 @@ def _protocol(**kw: Any):  # noqa: ANN202
     seeds = kw.pop("seeds")
     splits = kw.pop("test_splits", None)
     preset = kw.pop("preset", "default")
+    given = {_OPTION_FIELDS.get(name, name) for name in _GIVEN.get()}   # typed on the command line: kept
     try:
         return apply_preset(Protocol(seeds=tuple(int(s) for s in _split_names(seeds)),
-                                     test_splits=tuple(_split_names(splits)) if splits else None, **kw), preset)
+                                     test_splits=tuple(_split_names(splits)) if splits else None, **kw), preset,
+                            keep=given)
     except ValueError as exc:
         raise FeatstoreError(str(exc)) from None
 

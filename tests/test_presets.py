@@ -40,6 +40,9 @@ def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
     assert apply_preset(Protocol(train_bf16=False), "fast").train_bf16 is False   # --fp32-train wins over the preset
     assert apply_preset(Protocol(epochs=7, mode="strict", inner_fraction=0.3), "fast").inner_fraction == 0.3
     assert apply_preset(Protocol(), "default") == Protocol()
+    kept = apply_preset(Protocol(), "fast", keep={"lr", "batch_size"})   # given explicitly, equal to the defaults
+    assert (kept.lr, kept.batch_size) == (Protocol().lr, Protocol().batch_size)
+    assert kept.epochs == PRESETS["fast"]["epochs"] and kept.valence_weight == PRESETS["fast"]["valence_weight"]
     with pytest.raises(UnknownNameError, match="unknown preset 'fsat'.*fast"):
         apply_preset(Protocol(), "fsat")
     with pytest.raises(ProtocolError, match="unknown lr schedule 'linear'"):
@@ -219,6 +222,14 @@ def test_rank_fast_and_the_report_marks_the_preset(store: Path, tmp_path: Path) 
     run = json.loads(res.output[res.output.index("{"):])
     assert run["preset"] == "fast" and run["mode"] == "strict" and run["protocol"]["schedule"] == "cosine"
     assert run["protocol"]["batch_size"] == PRESETS["fast"]["batch_size"]
+    # options typed on the command line stay, even at their default values; the rest comes from the preset
+    res = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",
+                                      "--preset", "fast", "--epochs", "2", "--folds", "cv3", "--lr", "1e-4",
+                                      "--batch-size", "32", "--hidden-dim", "128", "--results", db, "--json"])
+    assert res.exit_code == 0, res.output
+    typed = json.loads(res.output[res.output.index("{"):])["protocol"]
+    assert (typed["lr"], typed["batch_size"], typed["hidden"], typed["epochs"]) == (1e-4, 32, 128, 2)
+    assert typed["schedule"] == "cosine" and typed["dropout"] == PRESETS["fast"]["dropout"]
     rep = runner.invoke(trainer_app, ["report", "--store", str(store), "--results", db])
     assert "strict, fast preset" in rep.output
     bad = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",
