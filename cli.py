@@ -564,6 +564,7 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {   # name -> (typer annotation, de
     "dropout": (Annotated[float, typer.Option(help="Dropout.")], 0.5),
     "lr": (Annotated[float, typer.Option(help="Learning rate.")], 1e-4),
     "weight_decay": (WeightDecayOpt, 1e-5),
+    "valence_weight": (Annotated[float, typer.Option("--valence-weight", help="Loss = CE + this x valence MSE where the dataset has valence (MERTools: 1; the fast preset: 0.5).")], 1.0),
     "batch_size": (BatchOpt, 32),
     "epochs": (EpochsOpt, 100),
     "folds": (FoldsOpt, "auto"),
@@ -657,7 +658,7 @@ def trainer_run_cmd(
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
-    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
+    weight_decay: float, valence_weight: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, bf16: bool,
     train_bf16: Optional[bool],
     max_models: Optional[int], test_splits: Optional[str], results: Optional[Path], store: str, as_json: bool,
     steps: Optional[int], aligned: Optional[bool], preset: str,
@@ -673,7 +674,7 @@ def trainer_run_cmd(
 
     t0 = time.perf_counter()
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
+                      weight_decay=weight_decay, valence_weight=valence_weight, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
                       bf16=bf16, train_bf16=train_bf16, test_splits=test_splits, steps=steps, aligned=aligned,
                       preset=preset)
     epochs = proto.epochs
@@ -776,7 +777,7 @@ def trainer_rank_cmd(
     trials: Annotated[int, typer.Option(help="Configs per encoder: the whole 24-point space hidden {64,128,256} x lr {1e-3,1e-4} x dropout {.2,.3,.4,.5} when >= 24, else a seeded sample.")] = 24,
     fast: Annotated[bool, typer.Option("--fast", help="Rank with the linear baseline (a ridge classifier on standardised features, its strength chosen on held-out rows): well under a second an encoder.")] = False,
     *,
-    corruption: str, protocol: str, epochs: int, batch_size: int, weight_decay: float, folds: str, seeds: str,
+    corruption: str, protocol: str, epochs: int, batch_size: int, weight_decay: float, valence_weight: float, folds: str, seeds: str,
     threads: int, bf16: bool, max_models: Optional[int], workers: Optional[int], scheduler: Optional[str],
     results: Optional[Path], store: str, as_json: bool,
 ) -> None:
@@ -795,7 +796,7 @@ def trainer_rank_cmd(
         rep = None
     else:
         proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size,
-                          weight_decay=weight_decay, seeds=seeds, threads=threads, bf16=bf16)
+                          weight_decay=weight_decay, valence_weight=valence_weight, seeds=seeds, threads=threads, bf16=bf16)
         with _cluster(workers, scheduler) as client, _progress() as prog:
             rep, order = run_rank(fs, db, dataset, proto, n_trials=trials, corruption=corruption, modality=modality,
                                   rank_by=rank_by, client=client, max_models=max_models, fast=fast,
@@ -821,7 +822,7 @@ def trainer_grid_cmd(
     softmax: Annotated[bool, typer.Option("--softmax", help="Softmax over the attention fusion's modality weights in every trial.")] = False,
     *,
     fusion: str, corruption: str, test_corruption: Optional[str], protocol: str, epochs: int, batch_size: int,
-    weight_decay: float, folds: str, seeds: str, threads: int, bf16: bool, train_bf16: Optional[bool],
+    weight_decay: float, valence_weight: float, folds: str, seeds: str, threads: int, bf16: bool, train_bf16: Optional[bool],
     max_models: Optional[int], test_splits: Optional[str], workers: Optional[int], scheduler: Optional[str],
     results: Optional[Path], store: str, as_json: bool, steps: Optional[int], aligned: Optional[bool], preset: str,
 ) -> None:
@@ -834,7 +835,7 @@ def trainer_grid_cmd(
     ns, combos = parse_topn(topn), parse_modalities(modalities)
     if workers is not None and scheduler is not None:
         raise FeatstoreError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
-    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, valence_weight=valence_weight,
                       seeds=seeds, threads=threads, bf16=bf16, train_bf16=train_bf16, test_splits=test_splits,
                       steps=steps, aligned=aligned, preset=preset)
     fs = _open(store, read_only=True)
@@ -886,14 +887,14 @@ def trainer_noise_cmd(
     trials: Annotated[int, typer.Option(help="Configs per (train, test) pair from the 24-point space (1: its first point).")] = 1,
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str, epochs: int,
-    batch_size: int, weight_decay: float, folds: str, seeds: str, threads: int, max_models: Optional[int],
+    batch_size: int, weight_decay: float, valence_weight: float, folds: str, seeds: str, threads: int, max_models: Optional[int],
     workers: Optional[int], scheduler: Optional[str], results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Noise robustness: train under each --train corruption, test under each --test corruption (MERBench Tables
     14-15); a corruption changes only its own modality's features. `trainer report` shows the matrix."""
     from trainer.grid import run_noise
 
-    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+    proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, valence_weight=valence_weight,
                       seeds=seeds, threads=threads)
     chosen = {k: _split_names(v) for k, v in (("audio", audio), ("text", text), ("video", video)) if v}
     if not chosen:
@@ -920,7 +921,7 @@ def trainer_semi_cmd(
     rounds: Annotated[int, typer.Option(help="Pseudo-labelling rounds.")] = 1,
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str,
-    hidden_dim: int, dropout: float, lr: float, weight_decay: float, batch_size: int, epochs: int, folds: str,
+    hidden_dim: int, dropout: float, lr: float, weight_decay: float, valence_weight: float, batch_size: int, epochs: int, folds: str,
     seeds: str, threads: int, test_splits: Optional[str], max_models: Optional[int], results: Optional[Path],
     store: str, as_json: bool,
 ) -> None:
@@ -931,7 +932,7 @@ def trainer_semi_cmd(
     from trainer.semi import run_semi, without_split
 
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
+                      weight_decay=weight_decay, valence_weight=valence_weight, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads,
                       test_splits=test_splits)
     fs = _open(store, read_only=True)
     features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text), video=_split_names(video))
@@ -972,7 +973,7 @@ def trainer_cross_cmd(
     test_dataset: Annotated[str, typer.Option("--test-dataset", help="Dataset tested on (every row).")],
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], fusion: str, protocol: str,
-    hidden_dim: int, dropout: float, lr: float, weight_decay: float, batch_size: int, epochs: int, folds: str,
+    hidden_dim: int, dropout: float, lr: float, weight_decay: float, valence_weight: float, batch_size: int, epochs: int, folds: str,
     seeds: str, threads: int, results: Optional[Path], store: str, as_json: bool,
 ) -> None:
     """Cross-corpus (MERBench Tables 19-20): train on one dataset, test on every row of another over the
@@ -983,7 +984,7 @@ def trainer_cross_cmd(
     from trainer.record import record
 
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+                      weight_decay=weight_decay, valence_weight=valence_weight, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
     fs = _open(store, read_only=True)
     chosen = dict(audio=_split_names(audio), text=_split_names(text), video=_split_names(video))
     merged = merge(load_features(fs, train_dataset, **chosen), load_features(fs, test_dataset, **chosen))
@@ -1019,7 +1020,7 @@ def trainer_predict_cmd(
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
-    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str,
+    weight_decay: float, valence_weight: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str,
 ) -> None:
     """Train on the training rows only, then predict every sample of --split streamed from the store in chunks
     (e.g. all 115,595 unlabelled MER2024 clips) and write a submission CSV."""
@@ -1033,7 +1034,7 @@ def trainer_predict_cmd(
                              f"is not supported there yet: use an utterance-level fusion, or `trainer run "
                              f"--save-predictions DIR` when the split is one of the dataset's test splits")
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+                      weight_decay=weight_decay, valence_weight=valence_weight, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
     fs = _open(store, read_only=True)
     if fs.has_dataset(dataset) and split not in fs.subsets(dataset):  # before any training
         from featstore.errors import UnknownNameError
@@ -1220,7 +1221,7 @@ def trainer_ov_baseline_cmd(
     *,
     audio: Optional[str], text: Optional[str], video: Optional[str], corruption: str,
     test_corruption: Optional[str], fusion: str, protocol: str, hidden_dim: int, dropout: float, lr: float,
-    weight_decay: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str, as_json: bool,
+    weight_decay: float, valence_weight: float, batch_size: int, epochs: int, folds: str, seeds: str, threads: int, store: str, as_json: bool,
 ) -> None:
     """MER2024 Table 5's offline baselines: Empty, Random (one of the six emotions) and the trained six-way
     classifier's out-of-fold probabilities thresholded (threshold chosen on the other half of the samples)."""
@@ -1231,7 +1232,7 @@ def trainer_ov_baseline_cmd(
 
     t = _ov_truth(truth, store, None if truth else dataset, subset)
     proto = _protocol(folds=folds, mode=protocol, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
+                      weight_decay=weight_decay, valence_weight=valence_weight, hidden=hidden_dim, dropout=dropout, seeds=seeds, threads=threads)
     fs = _open(store, read_only=True)
     features = load_features(fs, dataset, audio=_split_names(audio), text=_split_names(text),
                              video=_split_names(video), corruption=corruption, test_corruption=test_corruption)

@@ -47,6 +47,10 @@ def test_a_preset_fills_only_the_fields_left_at_their_defaults() -> None:
         apply_preset(Protocol(), "fsat")
     with pytest.raises(ProtocolError, match="unknown lr schedule 'linear'"):
         Protocol(schedule="linear")
+    with pytest.raises(ProtocolError, match="valence_weight must be a finite number >= 0, got -1"):
+        Protocol(valence_weight=-1.0)
+    with pytest.raises(ProtocolError, match="valence_weight must be a finite number >= 0, got nan"):
+        Protocol(valence_weight=float("nan"))
     with pytest.raises(ProtocolError, match="patience must be a positive integer"):
         Protocol(patience=0)
     with pytest.raises(ProtocolError, match="early stopping .patience. needs selection rows"):
@@ -225,10 +229,12 @@ def test_rank_fast_and_the_report_marks_the_preset(store: Path, tmp_path: Path) 
     # options typed on the command line stay, even at their default values; the rest comes from the preset
     res = runner.invoke(trainer_app, ["run", "--store", str(store), "--dataset", "synth", "--audio", "audio-a",
                                       "--preset", "fast", "--epochs", "2", "--folds", "cv3", "--lr", "1e-4",
-                                      "--batch-size", "32", "--hidden-dim", "128", "--results", db, "--json"])
+                                      "--batch-size", "32", "--hidden-dim", "128", "--valence-weight", "1", "--results", db,
+                                      "--json"])
     assert res.exit_code == 0, res.output
     typed = json.loads(res.output[res.output.index("{"):])["protocol"]
     assert (typed["lr"], typed["batch_size"], typed["hidden"], typed["epochs"]) == (1e-4, 32, 128, 2)
+    assert typed["valence_weight"] == 1.0 and PRESETS["fast"]["valence_weight"] != 1.0
     assert typed["schedule"] == "cosine" and typed["dropout"] == PRESETS["fast"]["dropout"]
     rep = runner.invoke(trainer_app, ["report", "--store", str(store), "--results", db])
     assert "strict, fast preset" in rep.output

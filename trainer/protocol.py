@@ -107,6 +107,8 @@ class Protocol:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ProtocolError(f"{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(self.valence_weight) and self.valence_weight >= 0):
+            raise ProtocolError(f"valence_weight must be a finite number >= 0, got {self.valence_weight}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ProtocolError(f"time_budget must be > 0 seconds, got {self.time_budget}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
