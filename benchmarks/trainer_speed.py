@@ -14,7 +14,8 @@ outputs); the folds run one after another; the best epoch is chosen by held-out 
 
 Figures:
   a) speed: wall time of one 5-fold experiment, at the same thread count, MERTools-style vs featstore
-     (`run_experiment`); passes interleaved A B A B and the median of each side taken.
+     (`run_experiment`); passes interleaved A B A B and the median of each side taken. Where trainer.native's
+     kernel is loaded, featstore also runs on the PyTorch path alone (FEATSTORE_NATIVE=0) as a third side.
   b) parity: held-out CV WAF and test WAF of both at --parity-epochs (100 by default).
   c) FLOP rate of a 50-config grid through run_experiment: FLOPs of one training step per model counted with
      torch.utils.flop_counter (forward + backward, batch 32) times the steps taken, plus the forward FLOPs
@@ -28,7 +29,9 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from trainer import native  # noqa: E402
 from trainer.data import FeatureSet, load_features  # noqa: E402
 from trainer.fit import run_experiment  # noqa: E402
 from trainer.metrics import score  # noqa: E402
@@ -154,6 +158,22 @@ def featstore_run(fs: FeatureSet, epochs: int, threads: int, configs: list[dict[
     return {"cv_waf": d["cv"]["waf_mean"], "test_waf": d[test]["waf_mean"]}, res
 
 
+@contextlib.contextmanager
+def torch_path_only() -> Any:
+    """featstore without trainer.native's kernel (its PyTorch path), inside this process."""
+    before = os.environ.get("FEATSTORE_NATIVE")
+    os.environ["FEATSTORE_NATIVE"] = "0"
+    native.reset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FEATSTORE_NATIVE")
+        else:
+            os.environ["FEATSTORE_NATIVE"] = before
+        native.reset()
+
+
 # ---------------------------------------------------------------------------------------------- FLOPs
 def step_flops(fs: FeatureSet, hidden: int, batch: int = 32) -> tuple[int, int]:
     """(forward+backward FLOPs of one training step, forward FLOPs per row) of ONE attention model."""
@@ -220,10 +240,11 @@ def main() -> None:
         args.epochs, args.repeats, args.threads, args.parity_epochs = 2, 1, "1", 3
         args.grid_configs, args.grid_epochs = 6, 1
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"machine: {common.machine()}; torch {torch.__version__}")
+    print(f"machine: {common.machine()}; torch {torch.__version__}; data-layer step: {native.status()}")
     print(f"before: {common.uptime()}", flush=True)
     out: dict[str, Any] = {"machine": common.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "args": {k: str(v) for k, v in vars(args).items()}}
+                           "args": {k: str(v) for k, v in vars(args).items()}, "native": native.status()}
+    sides = ("mertools", "featstore") + (("featstore-torch",) if native.status() == "native" else ())
     with tempfile.TemporaryDirectory() as tmp:
         make_store(Path(tmp) / "s.zarr", n_train=5030, n_test=1000, dims=MER2024_DIMS, signal=0.35, seed=0)
         fs = load_features(Path(tmp) / "s.zarr", "synth", audio=["audio-1024"], text=["text-5120"], video=["video-768"])
@@ -233,20 +254,27 @@ def main() -> None:
     speed: dict[int, dict[str, list[float]]] = {}
     for t in threads if args.repeats else []:
         torch.set_num_threads(t)
-        speed[t] = {"mertools": [], "featstore": []}
+        speed[t] = {side: [] for side in sides}
         for r in range(args.repeats):
-            for side in ("mertools", "featstore"):
+            for side in sides:
                 load = common.wait_idle(args.wait_idle, args.max_wait)
                 t0 = time.perf_counter()
                 if side == "mertools":
                     mertools_loop(fs, plan, args.epochs)
-                else:
+                elif side == "featstore":
                     featstore_run(fs, args.epochs, t)
+                else:
+                    with torch_path_only():
+                        featstore_run(fs, args.epochs, t)
                 dt = time.perf_counter() - t0
                 speed[t][side].append(dt)
                 print(f"speed threads={t} pass {r} {side}: {dt:.2f} s ({load})", flush=True)
         m, f = statistics.median(speed[t]["mertools"]), statistics.median(speed[t]["featstore"])
         print(f"speed threads={t}: MERTools-style {m:.2f} s, featstore {f:.2f} s -> {m / f:.2f}x", flush=True)
+        if "featstore-torch" in speed[t]:
+            ft = statistics.median(speed[t]["featstore-torch"])
+            print(f"speed threads={t}: featstore on the PyTorch path alone {ft:.2f} s -> {m / ft:.2f}x "
+                  f"(the native data-layer step: {ft / f:.2f}x faster)", flush=True)
     out["speed"] = {t: {**v, "ratio": statistics.median(v["mertools"]) / statistics.median(v["featstore"])}
                     for t, v in speed.items()}
 

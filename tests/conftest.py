@@ -1,13 +1,33 @@
-"""Shared fixtures: a tiny demo corpus generated once per session, and fresh stores."""
+"""Shared fixtures: a tiny demo corpus generated once per session, and fresh stores; trainer.native's kernel is
+compiled into a cache of the session's own (a test run never depends on, nor writes to, ~/.cache)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from featstore.store import FeatureStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """FEATSTORE_KERNEL_CACHE for this session (subprocesses inherit it)."""
+    from trainer import native
+
+    before = os.environ.get("FEATSTORE_KERNEL_CACHE")
+    path = tmp_path_factory.mktemp("kernels")
+    os.environ["FEATSTORE_KERNEL_CACHE"] = str(path)
+    native.reset()
+    yield path
+    if before is None:
+        os.environ.pop("FEATSTORE_KERNEL_CACHE", None)
+    else:
+        os.environ["FEATSTORE_KERNEL_CACHE"] = before
+    native.reset()
 
 
 @pytest.fixture(scope="session")

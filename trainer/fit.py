@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer import native
 from trainer.data import FeatureSet
 from trainer.experiment import ExperimentResult, Job, Outcome, TestOutput, assemble
 from trainer.metrics import Scores, score
@@ -95,6 +96,11 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     if protocol.train_bf16 and not low_bf16:
         warnings.append(f"train_bf16: this {device.type} has no native bfloat16 matmuls (emulated ones are slower than "
                         f"float32), so training ran in float32")
+    why = None if device.type != "cpu" or low_bf16 or protocol.bf16 or convex or \
+        getattr(model_class(fusion), "level", "utt") == "seq" else native.unavailable()
+    if why and "FEATSTORE_NATIVE=0" not in why:      # switched off on purpose: nothing to say
+        warnings.append(f"the data layers' weight gradient and Adam step ran on the PyTorch path, about 1.1x slower: "
+                        f"trainer.native's kernel is unavailable, {why}")
     outcomes: dict[int, Outcome] = {}
     moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}   # standardisation, by training rows
     kept: list[tuple[list[tuple[int, int, int]], _GroupTrainer]] = []
@@ -342,6 +348,7 @@ class _GroupTrainer:
         self.params = list(self.model.parameters())
         self.base_lr = [float(j.hyper["lr"]) for j in jobs]
         self.opt = BatchedAdam(self.params, list(self.base_lr), [j.hyper["weight_decay"] for j in jobs])
+        self.model.defer_data_grads = True   # float32 data layers on a CPU: weight gradient + Adam in one pass
         self.stopped = [False] * K          # early stopping (protocol.patience): a stopped model takes no steps
         self.epoch = 0
         self.notes: list[str] = []

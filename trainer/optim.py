@@ -4,6 +4,10 @@ The update is torch's (`torch.optim.adam.adam`, fused kernel where the device ha
 to the gradient as `torch.optim.Adam(weight_decay=...)` does (MERTools' optimiser). Models that share
 (lr, weight_decay, step) and sit next to each other in K are updated by one call on views of the stacked
 tensors; models idle at a step (their epoch has fewer minibatches) are not touched.
+
+A data layer's weight whose gradient the model deferred (`_deferred_grad` = (x, g), see models.base._DataLinear)
+takes its step from trainer.native: the gradient x^T g and the Adam update in one pass, every active model at
+once with its own lr, weight decay and step count; the same update as the path above, to float32 rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 from torch.optim.adam import adam
+
+from trainer import native
 
 
 class BatchedAdam:
@@ -29,6 +35,7 @@ class BatchedAdam:
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.steps = [0] * self.K
+        self._deferred: set[int] = set()     # this step's parameters already stepped by trainer.native
         dev = self.params[0].device.type
         self.fused = (dev in ("cpu", "cuda")) if fused is None else fused
 
@@ -40,6 +47,14 @@ class BatchedAdam:
     @torch.no_grad()
     def step(self, active: Sequence[bool] | None = None) -> None:
         act = [True] * self.K if active is None else [bool(a) for a in active]
+        self._deferred = set()
+        for i, p in enumerate(self.params):
+            pending = getattr(p, "_deferred_grad", None)
+            if pending is not None:
+                p._deferred_grad = None  # type: ignore[attr-defined]
+                native.wgrad_adam_(pending[0], pending[1], p.data, self.exp_avg[i], self.exp_avg_sq[i], self.lr,
+                                   self.wd, self.steps, act, self.betas, self.eps)
+                self._deferred.add(i)
         k = 0
         while k < self.K:
             if not act[k]:
@@ -57,8 +72,8 @@ class BatchedAdam:
     def _update(self, a: int, b: int) -> None:
         ps, gs, ms, vs = [], [], [], []
         whole = a == 0 and b == self.K          # the usual case: every model takes the step, no views needed
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
+        for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
+            if p.grad is None or i in self._deferred:
                 continue
             for out, t in ((ps, p.data), (gs, p.grad), (ms, m), (vs, v)):
                 out.append(t if whole else t[a:b])

@@ -18,10 +18,12 @@ a product with it.
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are masked
 into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by
 `torch.bmm(out=)` straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost
-milliseconds on these virtual machines). With `data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply
-bf16 copies of the inputs (masked after the copy, in bf16, when the dropout draws fit in 8 bits) and of the
-weights, kept in reused buffers too (autocast would cast into fresh tensors every step); the trainer runs the other
-layers under autocast; weights, gradients and Adam stay float32.
+milliseconds on these virtual machines). In the trainer (`defer_data_grads`, float32 on a CPU where
+trainer.native's kernel is built) the weight gradient is not computed here at all: the backward leaves its inputs
+to BatchedAdam, which forms it and takes the Adam step in one pass. With `data_dtype` = bfloat16
+(Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the copy, in bf16, when the
+dropout draws fit in 8 bits) and of the weights, kept in reused buffers too (autocast would cast into fresh tensors
+every step); the trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from trainer import native
 
 
 @dataclass
@@ -57,6 +61,8 @@ class ModelSpec:
 class _DataLinear(torch.autograd.Function):
     """y = (x @ W) * scale + b for a data input x [K, n, D] (no gradient). dW is written into W.grad in place
     (a persistent buffer), so autograd never allocates nor accumulates it; returning None for W is deliberate.
+    defer=True: dW is not computed at all; (x, scaled output gradient) are left on W as `_deferred_grad` for
+    BatchedAdam, which computes dW and the Adam step in one pass (trainer.native).
 
     low = (x_low, w_low, dw_low): the products run in bfloat16 (train_bf16, or under autocast) on copies of x and
     W held in these reused buffers, and dW is stored back in float32. Reused, because a fresh multi-MB tensor
@@ -64,8 +70,8 @@ class _DataLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None,
-                grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-                ) -> torch.Tensor:  # type: ignore[override]
+                grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+                defer: bool = False) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
             if low is None:
                 y = torch.bmm(x, w)
@@ -76,6 +82,7 @@ class _DataLinear(torch.autograd.Function):
             out = torch.addcmul(b, y, scale) if scale is not None else y.add_(b)
         ctx.save_for_backward(x, scale if scale is not None else torch.empty(0))
         ctx.has_scale, ctx.grad_buf, ctx.low = scale is not None, grad_buf, low
+        ctx.deferred_to = w if defer else None
         return out
 
     @staticmethod
@@ -85,12 +92,17 @@ class _DataLinear(torch.autograd.Function):
         gb = g.sum(dim=1, keepdim=True)
         if ctx.has_scale:
             g = g * scale
-        if ctx.low is None:
+        if ctx.deferred_to is not None:
+            if getattr(ctx.deferred_to, "_deferred_grad", None) is not None:
+                raise RuntimeError("a data layer ran twice in one training step (or backward ran twice without an "
+                                   "optimiser step): its deferred gradient would be overwritten")
+            ctx.deferred_to._deferred_grad = (x, g)
+        elif ctx.low is None:
             torch.bmm(x.transpose(1, 2), g, out=ctx.grad_buf)
         else:
             dw = ctx.low[2]
             ctx.grad_buf.copy_(torch.bmm(x.transpose(1, 2), g.to(dw.dtype), out=dw))
-        return None, None, gb, None, None, None
+        return None, None, gb, None, None, None, None
 
 
 class BatchedModel(nn.Module):
@@ -126,8 +138,10 @@ class BatchedModel(nn.Module):
         self._shifts = {b: torch.arange(0, 8, b, dtype=torch.uint8, device=self.device).view(1, 8 // b, 1)
                         for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-        self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad)
+        self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad) or deferred
         self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.train_bf16): see _DataLinear
+        # set by the trainer when its optimiser takes deferred data-layer gradients (BatchedAdam + trainer.native)
+        self.defer_data_grads = False
 
     # ------------------------------------------------------------------ layers
     def linear(self, name: str, in_dims: Sequence[int], out: int, data: bool = False) -> None:
@@ -202,7 +216,8 @@ class BatchedModel(nn.Module):
                     keep = self.keep_mask(x.shape[1], x.shape[2])
                     x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
             zero_b = b if out is None else torch.zeros_like(b)
-            y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low)
+            defer = self.defer_data_grads and low is None and native.usable(w)
+            y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low, defer)
             out = y if out is None else out + y
         assert out is not None
         return out

@@ -1,0 +1,204 @@
+"""trainer.native: the data layers' weight gradient fused with Adam (C, compiled on first use) against torch's
+matmul + torch.optim.Adam, inside the trainer, and its fallbacks (no compiler, a failed build, switched off)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import native
+from trainer.models import build_model
+from trainer.optim import BatchedAdam
+
+from test_trainer_models import inputs, spec
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: trainer.native falls back")
+
+
+def reference_step(x, g, w, m, v, lr, wd, steps, active, betas=(0.9, 0.999), eps=1e-8) -> None:
+    """torch: dW = x^T g by matmul, then torch.optim.Adam's fused step, model by model."""
+    for k in range(w.shape[0]):
+        if not active[k]:
+            continue
+        xk = x[k] if x.dim() == 3 else x
+        dw = xk.t() @ g[k]
+        torch._fused_adam_([w[k]], [dw], [m[k]], [v[k]], [], [torch.tensor(float(steps[k] + 1))], lr=lr[k],
+                           beta1=betas[0], beta2=betas[1], weight_decay=wd[k], eps=eps, amsgrad=False,
+                           maximize=False)
+
+
+@pytest.mark.parametrize("K,B,D,H,shared", [(3, 32, 512, 128, False),     # the vector tiles only
+                                            (3, 37, 131, 72, False),      # row and column tails
+                                            (2, 130, 70, 64, False),      # a batch past the 64-row scratch
+                                            (3, 16, 96, 128, True)])      # rows shared by every model
+def test_fused_step_equals_matmul_then_torch_adam(K: int, B: int, D: int, H: int, shared: bool) -> None:
+    gen = torch.Generator().manual_seed(K * 1000 + D)
+    x = torch.randn(B, D, generator=gen) if shared else torch.randn(K, B, D, generator=gen)
+    w0 = torch.randn(K, D, H, generator=gen) * 0.05
+    lr, wd = [1e-3, 3e-4, 1e-2][:K], [1e-5, 0.0, 1e-3][:K]
+    active = [True, False, True][:K]
+    ours, ref = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)], [w0.clone(), torch.zeros_like(w0),
+                                                                           torch.zeros_like(w0)]
+    steps = [0, 5, 2][:K]
+    for it in range(3):             # three steps: the moments and the bias corrections take part
+        g = torch.randn(K, B, H, generator=gen) * 1e-2
+        xin = x.expand(K, B, D) if shared and it % 2 else x
+        native.wgrad_adam_(xin, g, *ours, lr, wd, steps, active, (0.9, 0.999), 1e-8)
+        reference_step(x, g, *ref, lr, wd, steps, active)
+        steps = [s + a for s, a in zip(steps, active)]
+    update = (ref[0] - w0).abs().max()
+    assert float(update) > 1e-3
+    assert float((ours[0] - ref[0]).abs().max()) < 1e-5 * float(update) + 1e-7
+    for a, b in zip(ours[1:], ref[1:]):      # the moments, to float32 rounding of the gradient sums
+        assert float((a - b).abs().max()) < 1e-5 * float(b.abs().max())
+    idle = [k for k in range(K) if not active[k]]
+    assert all(torch.equal(ours[0][k], w0[k]) and not ours[1][k].any() for k in idle)
+
+
+def test_result_does_not_depend_on_the_thread_count() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(3, 32, 300, generator=gen), torch.randn(3, 32, 128, generator=gen)
+    w0 = torch.randn(3, 300, 128, generator=gen)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            st = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
+            native.wgrad_adam_(x, g, *st, [1e-3] * 3, [1e-5] * 3, [0] * 3, [True] * 3, (0.9, 0.999), 1e-8)
+            outs.append(st[0])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_trainer_steps_natively_and_matches_the_torch_path() -> None:
+    """A batched attention model trained with defer_data_grads (the trainer's setting) ends where the torch path
+    ends, to float32 rounding; the data layers' gradients went through the kernel, not through .grad."""
+    batches = [inputs(3, 32) for _ in range(4)]
+    runs = []
+    for defer in (False, True):
+        m = build_model("attention", spec(K=3, dropout=0.5)).train()
+        m.defer_data_grads = defer
+        opt = BatchedAdam(list(m.parameters()), [1e-3, 3e-3, 1e-3], [1e-5, 0.0, 1e-4])
+        for x in batches:
+            out = m(x)
+            opt.zero_grad()
+            (out["emotion"].square().mean() + out["valence"].square().mean()).backward()
+            if defer:
+                assert all(getattr(m, n)._deferred_grad is not None for n in m.data_weights)
+                assert all(not getattr(m, n).grad.any() for n in m.data_weights)   # never written
+            opt.step()
+            assert all(getattr(getattr(m, n), "_deferred_grad", None) is None for n in m.data_weights)
+        runs.append(dict(m.named_parameters()))
+    for name, p in runs[0].items():
+        assert torch.allclose(p, runs[1][name], rtol=0, atol=2e-6), name
+    start = dict(build_model("attention", spec(K=3, dropout=0.5)).named_parameters())
+    assert min(float((runs[1][n] - start[n]).detach().abs().max()) for n in start) > 1e-4   # every layer trained
+
+
+def test_fallbacks_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    w = torch.zeros(2, 8, 16)
+    try:
+        monkeypatch.setenv("FEATSTORE_NATIVE", "0")
+        native.reset()
+        assert not native.usable(w) and native.status() == "torch (disabled by FEATSTORE_NATIVE=0)"
+        monkeypatch.delenv("FEATSTORE_NATIVE")
+        monkeypatch.setenv("CC", "no-such-compiler-here")
+        native.reset()
+        assert not native.usable(w) and "no C compiler ('no-such-compiler-here' not found" in native.status()
+        monkeypatch.setenv("CC", "false")                      # a compiler that fails
+        monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path / "cache"))
+        native.reset()
+        assert not native.usable(w) and native.status() == "torch (could not build wgrad_adam.c: false failed (exit status 1))"
+        with pytest.raises(RuntimeError, match="not available"):
+            native.wgrad_adam_(torch.zeros(2, 4, 8), torch.zeros(2, 4, 16), w, w.clone(), w.clone(), [1e-3] * 2,
+                               [0.0] * 2, [0, 0], [True, True], (0.9, 0.999), 1e-8)
+        monkeypatch.delenv("CC")
+        native.reset()                                          # builds into the fresh cache
+        assert native.status() == "native" and len(list((tmp_path / "cache").glob("wgrad_adam-*.so"))) == 1
+        assert native.usable(w) and not native.usable(w.double()) and not native.usable(w.transpose(1, 2))
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+def test_run_experiment_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The trainer defers its data layers' gradients to the kernel; switched off, it trains the same models."""
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.protocol import Protocol
+    from trainer.synthetic import make_store
+
+    make_store(tmp_path / "s.zarr", n_train=160, n_test=40, dims={"a": ("audio", 20), "t": ("text", 140)},
+               signal=1.0, seed=2)
+    fs = load_features(tmp_path / "s.zarr", "synth", audio=["a"], text=["t"])
+    p = Protocol(epochs=2, batch_size=16, hidden=64, lr=1e-3)
+    calls = []
+    real = native.wgrad_adam_
+    monkeypatch.setattr(native, "wgrad_adam_", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k)))
+    with_kernel = run_experiment(fs, "attention", p)
+    assert calls and {tuple(s) for s in calls} == {(5, 20, 64), (5, 140, 64)}
+    try:
+        monkeypatch.setenv("FEATSTORE_NATIVE", "0")
+        native.reset()
+        n = len(calls)
+        without = run_experiment(fs, "attention", p)
+        assert len(calls) == n
+    finally:
+        monkeypatch.delenv("FEATSTORE_NATIVE")
+        native.reset()
+    for key, out in with_kernel.test_outputs.items():
+        assert np.abs(out.emotion - without.test_outputs[key].emotion).max() < 1e-4
+
+
+def test_a_second_backward_before_the_step_is_refused() -> None:
+    m = build_model("attention", spec(K=2, dropout=0.0)).train()
+    m.defer_data_grads = True
+    for attempt in range(2):
+        out = m(inputs(2, 8))
+        loss = out["emotion"].square().mean()
+        if attempt:
+            with pytest.raises(RuntimeError, match="ran twice in one training step"):
+                loss.backward()
+        else:
+            loss.backward()
+
+
+def test_an_unavailable_kernel_is_said_once_per_run(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.protocol import Protocol
+    from trainer.synthetic import make_store
+
+    make_store(tmp_path / "s.zarr", n_train=80, n_test=20, dims={"a": ("audio", 12)}, signal=1.0, seed=3)
+    fs = load_features(tmp_path / "s.zarr", "synth", audio=["a"])
+    p = Protocol(epochs=1, batch_size=16, hidden=16)
+    try:
+        monkeypatch.setenv("CC", "no-such-compiler-here")
+        native.reset()
+        said = [w for w in run_experiment(fs, "mlp", p).warnings if "trainer.native" in w]
+        assert said == ["the data layers' weight gradient and Adam step ran on the PyTorch path, about 1.1x slower: "
+                        "trainer.native's kernel is unavailable, no C compiler ('no-such-compiler-here' not found; "
+                        "set CC)"]
+        monkeypatch.setenv("FEATSTORE_NATIVE", "0")            # switched off on purpose: nothing to say
+        native.reset()
+        assert not [w for w in run_experiment(fs, "mlp", p).warnings if "trainer.native" in w]
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert not [w for w in run_experiment(fs, "mlp", p).warnings if "trainer.native" in w]
+
+
+def test_mismatched_tensors_are_refused_with_their_shapes() -> None:
+    w = torch.zeros(2, 8, 16)
+    args = ([1e-3] * 2, [0.0] * 2, [0, 0], [True, True], (0.9, 0.999), 1e-8)
+    with pytest.raises(ValueError, match=r"do not fit w \(2, 8, 16\)"):
+        native.wgrad_adam_(torch.zeros(2, 4, 8), torch.zeros(2, 5, 16), w, w.clone(), w.clone(), *args)
+    with pytest.raises(ValueError, match=r"float32 rows \[K=2, B, D=8\].*\(3, 4, 8\)"):
+        native.wgrad_adam_(torch.zeros(3, 4, 8), torch.zeros(2, 4, 16), w, w.clone(), w.clone(), *args)
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensors of one shape"):
+        native.wgrad_adam_(torch.zeros(2, 4, 8), torch.zeros(2, 4, 16), w, w.double(), w.clone(), *args)
