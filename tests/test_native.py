@@ -107,6 +107,10 @@ def test_fallbacks_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         native.reset()
         assert not native.usable(w) and native.status() == "torch (disabled by FEATSTORE_NATIVE=0)"
         monkeypatch.delenv("FEATSTORE_NATIVE")
+        monkeypatch.setattr(native, "_torch_gomp", lambda: False)     # torch on another OpenMP runtime
+        native.reset()
+        assert not native.usable(w) and "does not run on GNU OpenMP" in native.status()
+        monkeypatch.undo()
         monkeypatch.setenv("CC", "no-such-compiler-here")
         native.reset()
         assert not native.usable(w) and "no C compiler ('no-such-compiler-here' not found" in native.status()

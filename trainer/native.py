@@ -9,8 +9,9 @@ summation order for the gradient (float32 rounding differences of ~1e-7 relative
 
 The C source is compiled on first use with the system C compiler (`$CC`, else `cc`; `-O3 -march=native
 -fopenmp`, about 0.3 s) into a cache keyed by the source, the flags and the CPU (`$FEATSTORE_KERNEL_CACHE`, else
-`~/.cache/featstore/kernels`), and loaded with ctypes. It runs on torch's own OpenMP runtime (loaded with torch,
-so no second thread pool competes for the cores) at torch's thread count. Float32 on the CPU only; anything else
+`~/.cache/featstore/kernels`), and loaded with ctypes. It runs on torch's own OpenMP runtime (libgomp, loaded with
+torch, so no second thread pool competes for the cores; where torch runs on another runtime the kernel is not
+used) at torch's thread count. Float32 on the CPU only; anything else
 (CUDA, the bf16 data path, no compiler, `FEATSTORE_NATIVE=0`) keeps the PyTorch path, which gives the same
 results to float32 rounding. `status()` says which and why.
 """
@@ -75,6 +76,17 @@ def _compile(cc: str) -> Path:
     return out
 
 
+def _torch_gomp() -> bool:
+    """Whether torch runs on GNU OpenMP (libgomp, mapped into this process): the kernel then shares torch's
+    thread pool. Another OpenMP runtime (Intel's libiomp5 in some builds) would start a second pool whose
+    threads compete with torch's for the cores."""
+    try:
+        maps = Path("/proc/self/maps").read_text(errors="replace")
+    except OSError:
+        return False
+    return "libgomp" in maps and "OpenMP" in torch.__config__.parallel_info()
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _reason, _tried
     with _lock:
@@ -83,6 +95,9 @@ def _load() -> ctypes.CDLL | None:
         _tried = True
         if os.environ.get("FEATSTORE_NATIVE", "1") == "0":
             _reason = "disabled by FEATSTORE_NATIVE=0"
+            return None
+        if not _torch_gomp():
+            _reason = "torch does not run on GNU OpenMP (libgomp) here; a second thread pool would compete with its"
             return None
         cc = os.environ.get("CC") or "cc"
         if shutil.which(cc) is None:
