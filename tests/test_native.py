@@ -32,6 +32,7 @@ def reference_step(x, g, w, m, v, lr, wd, steps, active, betas=(0.9, 0.999), eps
 
 @pytest.mark.parametrize("K,B,D,H,shared", [(3, 32, 512, 128, False),     # the vector tiles only
                                             (3, 37, 131, 72, False),      # row and column tails
+                                            (2, 32, 40, 112, False),      # 64 + 3 x 16 columns
                                             (2, 130, 70, 64, False),      # a batch past the 64-row scratch
                                             (3, 16, 96, 128, True)])      # rows shared by every model
 def test_fused_step_equals_matmul_then_torch_adam(K: int, B: int, D: int, H: int, shared: bool) -> None:
@@ -125,6 +126,7 @@ def test_fallbacks_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         native.reset()                                          # builds into the fresh cache
         assert native.status() == "native" and len(list((tmp_path / "cache").glob("wgrad_adam-*.so"))) == 1
         assert native.usable(w) and not native.usable(w.double()) and not native.usable(w.transpose(1, 2))
+        assert not native.usable(torch.zeros(2, 8, 24))        # a width the vector tiles do not cover
     finally:
         monkeypatch.undo()
         native.reset()

@@ -135,9 +135,10 @@ def status() -> str:
 
 
 def usable(w: torch.Tensor) -> bool:
-    """Whether weight `w` [K, D, H] can take the fused step: float32, contiguous, on the CPU, kernel loaded."""
+    """Whether weight `w` [K, D, H] can take the fused step: float32, contiguous, on the CPU, H a multiple of 16
+    (the kernel's vector width; other widths would run its scalar loop, slower than PyTorch), kernel loaded."""
     return (w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 3 and w.is_contiguous()
-            and _load() is not None)
+            and w.shape[2] % 16 == 0 and _load() is not None)
 
 
 def _rows(x: torch.Tensor, K: int, D: int) -> tuple[torch.Tensor, int]:

@@ -11,6 +11,8 @@
    Blocks of RB rows of one model are the parallel tasks (OpenMP); every element is computed by one thread in one
    order, so the result does not depend on the thread count. Inside a block, four rows x 64 columns of dW are accumulated in sixteen 16-float vectors while the
    block's x columns sit transposed in a per-thread scratch buffer; the Adam update then runs on those vectors.
+   Columns past the last 64 go four rows x 16 at a time; rows past the last four and columns past the last 16
+   (trainer.native sends only H % 16 == 0) take a scalar loop.
    GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
 #include <math.h>
 #include <stddef.h>
@@ -74,6 +76,23 @@ static inline void tile4x64(const float *xt, int r, int B, const float *gk, int 
     }
 }
 
+/* Rows [r, r + 4) x columns [h0, h0 + 16): the columns left after the 64-wide tiles (H = 80, 96, 112, ...). */
+static inline void tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
+                            float *v, size_t row0, const struct adam *a) {
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    const float *x0 = xt + (size_t)r * B, *x1 = x0 + B, *x2 = x1 + B, *x3 = x2 + B;
+    for (int b = 0; b < B; b++) {
+        v16 g0;
+        __builtin_memcpy(&g0, gk + (size_t)b * H + h0, 64);
+        a0 += x0[b] * g0; a1 += x1[b] * g0; a2 += x2[b] * g0; a3 += x3[b] * g0;
+    }
+    v16 acc[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++) {
+        size_t off = (row0 + (size_t)(r + i)) * H + h0;
+        adam_vec(W + off, m + off, v + off, acc[i], a);
+    }
+}
+
 /* 1 - beta1 and 1 - beta2 come from the caller (computed in double, as torch does: 1 - 0.999f in float is
    1.3e-5 off). Returns 0, or -1 when a scratch buffer could not be allocated (nothing is updated then). */
 int wgrad_adam(const float *x, long long x_model_stride, const float *g, float *W, float *m, float *v,
@@ -105,6 +124,7 @@ int wgrad_adam(const float *x, long long x_model_stride, const float *g, float *
             for (; r + 4 <= nr; r += 4) {
                 int h0 = 0;
                 for (; h0 + 64 <= H; h0 += 64) tile4x64(xt, r, B, gk, H, h0, W, m, v, row0, &a);
+                for (; h0 + 16 <= H; h0 += 16) tile4x16(xt, r, B, gk, H, h0, W, m, v, row0, &a);
                 for (int i = 0; i < 4; i++)
                     for (int h = h0; h < H; h++) {
                         float s = 0.0f;
