@@ -35,7 +35,6 @@ class BatchedAdam:
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.steps = [0] * self.K
-        self._deferred: set[int] = set()     # this step's parameters already stepped by trainer.native
         dev = self.params[0].device.type
         self.fused = (dev in ("cpu", "cuda")) if fused is None else fused
 
@@ -47,14 +46,14 @@ class BatchedAdam:
     @torch.no_grad()
     def step(self, active: Sequence[bool] | None = None) -> None:
         act = [True] * self.K if active is None else [bool(a) for a in active]
-        self._deferred = set()
+        stepped: set[int] = set()     # parameters trainer.native has already stepped
         for i, p in enumerate(self.params):
             pending = getattr(p, "_deferred_grad", None)
             if pending is not None:
                 p._deferred_grad = None  # type: ignore[attr-defined]
                 native.wgrad_adam_(pending[0], pending[1], p.data, self.exp_avg[i], self.exp_avg_sq[i], self.lr,
                                    self.wd, self.steps, act, self.betas, self.eps)
-                self._deferred.add(i)
+                stepped.add(i)
         k = 0
         while k < self.K:
             if not act[k]:
@@ -64,16 +63,16 @@ class BatchedAdam:
             e = k + 1
             while e < self.K and act[e] and (self.lr[e], self.wd[e], self.steps[e]) == key:
                 e += 1
-            self._update(k, e)
+            self._update(k, e, stepped)
             for j in range(k, e):
                 self.steps[j] += 1
             k = e
 
-    def _update(self, a: int, b: int) -> None:
+    def _update(self, a: int, b: int, skip: set[int]) -> None:
         ps, gs, ms, vs = [], [], [], []
         whole = a == 0 and b == self.K          # the usual case: every model takes the step, no views needed
         for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq)):
-            if p.grad is None or i in self._deferred:
+            if p.grad is None or i in skip:
                 continue
             for out, t in ((ps, p.data), (gs, p.grad), (ms, m), (vs, v)):
                 out.append(t if whole else t[a:b])
