@@ -1,5 +1,6 @@
-"""trainer.native: the data layers' weight gradient fused with Adam (C, compiled on first use) against torch's
-matmul + torch.optim.Adam, inside the trainer, and its fallbacks (no compiler, a failed build, switched off)."""
+"""trainer.native: the data layers' weight gradient fused with Adam and their forward product (C, compiled on first
+use) against torch's matmuls + torch.optim.Adam, inside the trainer, and the fallbacks (no compiler, a failed build,
+switched off)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,34 @@ def test_fused_step_equals_matmul_then_torch_adam(K: int, B: int, D: int, H: int
     assert all(torch.equal(ours[0][k], w0[k]) and not ours[1][k].any() for k in idle)
 
 
+@pytest.mark.parametrize("K,B,D,H,shared,scaled,bias", [(3, 32, 700, 128, False, True, True),   # vector tiles
+                                                         (3, 37, 131, 80, False, True, True),   # row tails, 64 + 16
+                                                         (2, 6, 40, 48, False, False, True),    # 16-wide tiles only
+                                                         (5, 130, 600, 64, False, True, False), # rows split in tasks
+                                                         (3, 16, 96, 128, True, True, True)])   # rows shared by all
+def test_forward_equals_bmm(K: int, B: int, D: int, H: int, shared: bool, scaled: bool, bias: bool) -> None:
+    gen = torch.Generator().manual_seed(K * 100 + D)
+    x = torch.randn(B, D, generator=gen) if shared else torch.randn(K, B, D, generator=gen)
+    w = torch.randn(K, D, H, generator=gen) * 0.05
+    b = torch.randn(K, 1, H, generator=gen) if bias else None
+    scale = torch.rand(K, 1, 1, generator=gen) + 1.0 if scaled else None
+    ref = torch.bmm(x.expand(K, B, D), w)
+    ref = ref * scale if scaled else ref
+    ref = ref + b if bias else ref
+    for xin in ((x, x.expand(K, B, D)) if shared else (x,)):
+        out = native.data_forward(xin, w, b, scale)
+        assert out.shape == (K, B, H)
+        assert float((out - ref).abs().max()) < 2e-6 * float(ref.abs().max())
+    buf = torch.full((K, B, H), float("nan"))
+    assert native.data_forward(x, w, b, scale, out=buf) is buf and torch.equal(buf, native.data_forward(x, w, b, scale))
+
+
 def test_result_does_not_depend_on_the_thread_count() -> None:
     gen = torch.Generator().manual_seed(0)
     x, g = torch.randn(3, 32, 300, generator=gen), torch.randn(3, 32, 128, generator=gen)
     w0 = torch.randn(3, 300, 128, generator=gen)
-    outs = []
+    b = torch.randn(3, 1, 128, generator=gen)
+    outs, fwd = [], []
     before = torch.get_num_threads()
     try:
         for t in (1, 2):
@@ -71,9 +95,11 @@ def test_result_does_not_depend_on_the_thread_count() -> None:
             st = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
             native.wgrad_adam_(x, g, *st, [1e-3] * 3, [1e-5] * 3, [0] * 3, [True] * 3, (0.9, 0.999), 1e-8)
             outs.append(st[0])
+            fwd.append(native.data_forward(torch.randn(3, 512, 3000, generator=torch.Generator().manual_seed(1)),
+                                           torch.randn(3, 3000, 128, generator=torch.Generator().manual_seed(2)), b))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(fwd[0], fwd[1])
 
 
 def test_trainer_steps_natively_and_matches_the_torch_path() -> None:
@@ -118,13 +144,16 @@ def test_fallbacks_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         monkeypatch.setenv("CC", "false")                      # a compiler that fails
         monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path / "cache"))
         native.reset()
-        assert not native.usable(w) and native.status() == "torch (could not build wgrad_adam.c: false failed (exit status 1))"
+        assert not native.usable(w) and native.status() == ("torch (could not build the kernels in trainer/kernels: "
+                                                            "false failed (exit status 1))")
         with pytest.raises(RuntimeError, match="not available"):
             native.wgrad_adam_(torch.zeros(2, 4, 8), torch.zeros(2, 4, 16), w, w.clone(), w.clone(), [1e-3] * 2,
                                [0.0] * 2, [0, 0], [True, True], (0.9, 0.999), 1e-8)
+        with pytest.raises(RuntimeError, match="not available"):
+            native.data_forward(torch.zeros(2, 4, 8), w, None)
         monkeypatch.delenv("CC")
         native.reset()                                          # builds into the fresh cache
-        assert native.status() == "native" and len(list((tmp_path / "cache").glob("wgrad_adam-*.so"))) == 1
+        assert native.status() == "native" and len(list((tmp_path / "cache").glob("data_layer-*.so"))) == 1
         assert native.usable(w) and not native.usable(w.double()) and not native.usable(w.transpose(1, 2))
         assert not native.usable(torch.zeros(2, 8, 24))        # a width the vector tiles do not cover
     finally:
@@ -143,17 +172,19 @@ def test_run_experiment_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPa
                signal=1.0, seed=2)
     fs = load_features(tmp_path / "s.zarr", "synth", audio=["a"], text=["t"])
     p = Protocol(epochs=2, batch_size=16, hidden=64, lr=1e-3)
-    calls = []
-    real = native.wgrad_adam_
+    calls, forwards = [], []
+    real, real_forward = native.wgrad_adam_, native.data_forward
     monkeypatch.setattr(native, "wgrad_adam_", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k)))
+    monkeypatch.setattr(native, "data_forward", lambda *a, **k: (forwards.append(a[1].shape), real_forward(*a, **k))[1])
     with_kernel = run_experiment(fs, "attention", p)
     assert calls and {tuple(s) for s in calls} == {(5, 20, 64), (5, 140, 64)}
+    assert len(forwards) == len(calls) and {tuple(s) for s in forwards} == {(5, 20, 64), (5, 140, 64)}
     try:
         monkeypatch.setenv("FEATSTORE_NATIVE", "0")
         native.reset()
         n = len(calls)
         without = run_experiment(fs, "attention", p)
-        assert len(calls) == n
+        assert len(calls) == n and len(forwards) == n
     finally:
         monkeypatch.delenv("FEATSTORE_NATIVE")
         native.reset()
@@ -187,8 +218,8 @@ def test_an_unavailable_kernel_is_said_once_per_run(monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("CC", "no-such-compiler-here")
         native.reset()
         said = [w for w in run_experiment(fs, "mlp", p).warnings if "trainer.native" in w]
-        assert said == ["the data layers' weight gradient and Adam step ran on the PyTorch path, about 1.1x slower: "
-                        "trainer.native's kernel is unavailable, no C compiler ('no-such-compiler-here' not found; "
+        assert said == ["the data layers' products and Adam step ran on the PyTorch path, about 1.1-1.2x slower: "
+                        "trainer.native's kernels are unavailable, no C compiler ('no-such-compiler-here' not found; "
                         "set CC)"]
         monkeypatch.setenv("FEATSTORE_NATIVE", "0")            # switched off on purpose: nothing to say
         native.reset()
@@ -208,3 +239,13 @@ def test_mismatched_tensors_are_refused_with_their_shapes() -> None:
         native.wgrad_adam_(torch.zeros(3, 4, 8), torch.zeros(2, 4, 16), w, w.clone(), w.clone(), *args)
     with pytest.raises(ValueError, match="contiguous float32 CPU tensors of one shape"):
         native.wgrad_adam_(torch.zeros(2, 4, 8), torch.zeros(2, 4, 16), w, w.double(), w.clone(), *args)
+    with pytest.raises(ValueError, match=r"float32 rows \[K=2, B, D=8\].*\(2, 4, 9\)"):
+        native.data_forward(torch.zeros(2, 4, 9), w, None)
+    with pytest.raises(ValueError, match=r"bias torch.float32 \(2, 1, 8\) does not fit w \(2, 8, 16\)"):
+        native.data_forward(torch.zeros(2, 4, 8), w, torch.zeros(2, 1, 8))
+    with pytest.raises(ValueError, match=r"scale .* needs one float32 per model"):
+        native.data_forward(torch.zeros(2, 4, 8), w, None, torch.ones(3, 1, 1))
+    with pytest.raises(ValueError, match=r"out torch.float32 \(2, 5, 16\) is not a contiguous float32 \[2, 4, 16\]"):
+        native.data_forward(torch.zeros(2, 4, 8), w, None, out=torch.zeros(2, 5, 16))
+    with pytest.raises(ValueError, match=r"H a multiple of 16, got torch.float32 \(2, 8, 12\)"):
+        native.data_forward(torch.zeros(2, 4, 8), torch.zeros(2, 8, 12), None)

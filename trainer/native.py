@@ -1,4 +1,5 @@
-"""A native kernel for the hot spot of training on CPUs: a data layer's weight gradient fused with its Adam step.
+"""Native kernels for the hot spot of training on CPUs: a data layer's forward product, and its weight gradient
+fused with its Adam step.
 
 The first layer of every branch (a data input of 768-5120 dims to the hidden size) holds nearly all of a model's
 parameters. In PyTorch its step is three passes over memory: the weight gradient x^T g written by a matmul
@@ -6,12 +7,16 @@ parameters. In PyTorch its step is three passes over memory: the weight gradient
 moments. `trainer/kernels/wgrad_adam.c` computes the gradient block by block and applies Adam to each block while
 it is still in registers: same arithmetic as torch's fused Adam (L2 weight decay, bias corrections), a different
 summation order for the gradient (float32 rounding differences of ~1e-7 relative), never a written gradient.
+`trainer/kernels/data_forward.c` computes the layer's forward product x[k] @ W[k] (with the dropout scale and the
+bias) in (model, rows, 64 columns) tiles spread evenly over the threads, where torch's bmm gives each of the K
+models to one thread (K = 5 on two threads: 3 + 2).
 
-The C source is compiled on first use with the system C compiler (`$CC`, else `cc`; `-O3 -march=native
--fopenmp`, about 0.3 s) into a cache keyed by the source, the flags and the CPU (`$FEATSTORE_KERNEL_CACHE`, else
-`~/.cache/featstore/kernels`), and loaded with ctypes. It runs on torch's own OpenMP runtime (libgomp, loaded with
-torch, so no second thread pool competes for the cores; where torch runs on another runtime the kernel is not
-used) at torch's thread count. Float32 on the CPU only; anything else
+The C sources are compiled on first use with the system C compiler (`$CC`, else `cc`; `-O3 -march=native
+-fopenmp`, about 0.4 s) into one library in a cache keyed by the sources, the flags and the CPU
+(`$FEATSTORE_KERNEL_CACHE`, else `~/.cache/featstore/kernels`), and loaded with ctypes. They run on torch's own
+OpenMP runtime (libgomp, loaded with torch, so no second thread pool competes for the cores; where torch runs on
+another runtime the kernels are not used) at torch's thread count, and every element they write is computed by
+one thread in one order, so results do not depend on the thread count. Float32 on the CPU only; anything else
 (CUDA, the bf16 data path, no compiler, `FEATSTORE_NATIVE=0`) keeps the PyTorch path, which gives the same
 results to float32 rounding. `status()` says which and why.
 """
@@ -31,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "wgrad_adam.c"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = (KERNELS / "wgrad_adam.c", KERNELS / "data_forward.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
@@ -55,17 +61,16 @@ def _cache_dir() -> Path:
 
 
 def _compile(cc: str) -> Path:
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
+    key = hashlib.sha256(b"\0".join([*(s.read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
                                      torch.__version__.encode()])).hexdigest()[:20]
-    out = _cache_dir() / f"wgrad_adam-{key}.so"
+    out = _cache_dir() / f"data_layer-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)   # several processes may compile at once
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).strip().splitlines()
             raise RuntimeError(f"{cc} failed ({said[-1] if said else f'exit status {proc.returncode}'})")
@@ -106,17 +111,19 @@ def _load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(_compile(cc)))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            _reason = f"could not build {SOURCE.name}: {e}"
+            _reason = f"could not build the kernels in {KERNELS.parent.name}/{KERNELS.name}: {e}"
             return None
         P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
         lib.wgrad_adam.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, P, P, P, P, F, F, F, F, I]
         lib.wgrad_adam.restype = I
+        lib.data_forward.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, I]
+        lib.data_forward.restype = None
         _lib = lib
         return lib
 
 
 def reset() -> None:
-    """Forget the loaded kernel and why not, so that the next use tries again (after changing CC or the
+    """Forget the loaded kernels and why not, so that the next use tries again (after changing CC or the
     FEATSTORE_NATIVE / FEATSTORE_KERNEL_CACHE variables)."""
     global _lib, _reason, _tried
     with _lock:
@@ -124,19 +131,19 @@ def reset() -> None:
 
 
 def unavailable() -> str | None:
-    """Why the kernel cannot be used (loading it first if not tried yet), or None when it is loaded."""
+    """Why the kernels cannot be used (loading them first if not tried yet), or None when they are loaded."""
     return None if _load() is not None else _reason
 
 
 def status() -> str:
-    """'native' when the kernel is loaded, else 'torch (<why not>)'."""
+    """'native' when the kernels are loaded, else 'torch (<why not>)'."""
     why = unavailable()
     return "native" if why is None else f"torch ({why})"
 
 
 def usable(w: torch.Tensor) -> bool:
-    """Whether weight `w` [K, D, H] can take the fused step: float32, contiguous, on the CPU, H a multiple of 16
-    (the kernel's vector width; other widths would run its scalar loop, slower than PyTorch), kernel loaded."""
+    """Whether weight `w` [K, D, H] can take the native kernels: float32, contiguous, on the CPU, H a multiple of 16
+    (their vector width; other widths would run their scalar loops, slower than PyTorch), kernels loaded."""
     return (w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 3 and w.is_contiguous()
             and w.shape[2] % 16 == 0 and _load() is not None)
 
@@ -151,6 +158,28 @@ def _rows(x: torch.Tensor, K: int, D: int) -> tuple[torch.Tensor, int]:
         raise ValueError(f"the native kernels take float32 rows [K={K}, B, D={D}] or [B, D], got {x.dtype} "
                          f"{tuple(x.shape)}")
     return x, 0 if x.dim() == 2 else x.stride(0)
+
+
+_hyper_key: tuple | None = None
+_hyper: tuple[torch.Tensor, ...] = ()
+
+
+def _adam_hyper(lr: Sequence[float], weight_decay: Sequence[float], steps: Sequence[int], active: Sequence[bool],
+                betas: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+    """(step sizes, sqrt of the second bias corrections, weight decays, active flags) as the kernel takes them,
+    kept while they stay the same (every data layer of a model takes the same ones at a step)."""
+    global _hyper_key, _hyper
+    key = (tuple(lr), tuple(weight_decay), tuple(steps), tuple(bool(a) for a in active), tuple(betas))
+    with _lock:
+        if key != _hyper_key:
+            b1, b2 = betas
+            K = len(steps)
+            _hyper = (torch.tensor([lr[k] / (1.0 - b1 ** (steps[k] + 1)) for k in range(K)], dtype=torch.float32),
+                      torch.tensor([(1.0 - b2 ** (steps[k] + 1)) ** 0.5 for k in range(K)], dtype=torch.float32),
+                      torch.tensor([float(v) for v in weight_decay], dtype=torch.float32),
+                      torch.tensor([bool(a) for a in active], dtype=torch.uint8))
+            _hyper_key = key
+        return _hyper
 
 
 def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
@@ -174,12 +203,45 @@ def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torc
     if tuple(g.shape) != (K, B, H) or g.dtype != torch.float32:
         raise ValueError(f"wgrad_adam_: x {tuple(x.shape)}, g {tuple(g.shape)} do not fit w {tuple(w.shape)}")
     b1, b2 = betas
-    step_size = torch.tensor([lr[k] / (1.0 - b1 ** (steps[k] + 1)) for k in range(K)], dtype=torch.float32)
-    bc2_sqrt = torch.tensor([(1.0 - b2 ** (steps[k] + 1)) ** 0.5 for k in range(K)], dtype=torch.float32)
-    wd = torch.tensor([float(v) for v in weight_decay], dtype=torch.float32)
-    act = torch.tensor([bool(a) for a in active], dtype=torch.uint8)
+    step_size, bc2_sqrt, wd, act = _adam_hyper(lr, weight_decay, steps, active, betas)
     rc = lib.wgrad_adam(x.data_ptr(), int(x_stride), g.data_ptr(), w.data_ptr(), exp_avg.data_ptr(),
                         exp_avg_sq.data_ptr(), K, B, D, H, step_size.data_ptr(), bc2_sqrt.data_ptr(), wd.data_ptr(),
                         act.data_ptr(), 1.0 - b1, b2, 1.0 - b2, eps, torch.get_num_threads())
     if rc != 0:
         raise MemoryError(f"wgrad_adam_: could not allocate {torch.get_num_threads()} x {64 * B * 4} bytes of scratch")
+
+
+def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """y[k] = (x[k] @ w[k]) * scale[k] + b[k] for every model k: the forward product of a data layer.
+
+    x: [K, B, D] or [B, D] (rows shared by every model), float32, rows contiguous; w: [K, D, H] (`usable`);
+    b: [K, 1, H] or None; scale: [K, 1, 1] or None. Same values as `torch.addcmul(b, torch.bmm(x, w), scale)` to
+    float32 rounding (each element summed over D in order), with the (model, row, column) tiles spread evenly
+    over the threads (torch's bmm runs each model's product on one thread). `out`: a [K, B, H] float32 buffer to
+    write (else a new tensor)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the native kernel is not available: {_reason}")
+    K, D, H = w.shape
+    if not usable(w):
+        raise ValueError(f"data_forward: the weight must be a contiguous float32 CPU tensor [K, D, H] with H a "
+                         f"multiple of 16, got {w.dtype} {tuple(w.shape)} on {w.device}")
+    x, x_stride = _rows(x, K, D)
+    B = int(x.shape[-2])
+    if b is not None:
+        b = b.contiguous()
+    if b is not None and (b.numel() != K * H or b.dtype != torch.float32):
+        raise ValueError(f"data_forward: bias {b.dtype} {tuple(b.shape)} does not fit w {tuple(w.shape)}")
+    if scale is not None:
+        scale = scale.contiguous()
+        if scale.numel() != K or scale.dtype != torch.float32:
+            raise ValueError(f"data_forward: scale {scale.dtype} {tuple(scale.shape)} needs one float32 per model")
+    if out is None:
+        out = torch.empty(K, B, H, dtype=torch.float32)
+    elif tuple(out.shape) != (K, B, H) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"data_forward: out {out.dtype} {tuple(out.shape)} is not a contiguous float32 [{K}, {B}, {H}]")
+    threads = torch.get_num_threads() if K * B * D * H >= 1 << 20 else 1   # a parallel region costs ~20 us
+    lib.data_forward(x.data_ptr(), int(x_stride), w.data_ptr(), None if b is None else b.data_ptr(),
+                     None if scale is None else scale.data_ptr(), out.data_ptr(), K, B, D, H, threads)
+    return out

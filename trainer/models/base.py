@@ -19,8 +19,9 @@ Hot path (the first layer of every branch, where nearly all the parameters and F
 into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by
 `torch.bmm(out=)` straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost
 milliseconds on these virtual machines). In the trainer (`defer_data_grads`, float32 on a CPU where
-trainer.native's kernel is built) the weight gradient is not computed here at all: the backward leaves its inputs
-to BatchedAdam, which forms it and takes the Adam step in one pass. With `data_dtype` = bfloat16
+trainer.native's kernels are built) the forward product is trainer.native's (every model's tiles spread over the
+threads) and the weight gradient is not computed here at all: the backward leaves its inputs to BatchedAdam, which
+forms it and takes the Adam step in one pass. With `data_dtype` = bfloat16
 (Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the copy, in bf16, when the
 dropout draws fit in 8 bits) and of the weights, kept in reused buffers too (autocast would cast into fresh tensors
 every step); the trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
@@ -61,8 +62,8 @@ class ModelSpec:
 class _DataLinear(torch.autograd.Function):
     """y = (x @ W) * scale + b for a data input x [K, n, D] (no gradient). dW is written into W.grad in place
     (a persistent buffer), so autograd never allocates nor accumulates it; returning None for W is deliberate.
-    defer=True: dW is not computed at all; (x, scaled output gradient) are left on W as `_deferred_grad` for
-    BatchedAdam, which computes dW and the Adam step in one pass (trainer.native).
+    defer=True (trainer.native): y comes from native.data_forward, and dW is not computed at all; (x, scaled output
+    gradient) are left on W as `_deferred_grad` for BatchedAdam, which computes dW and the Adam step in one pass.
 
     low = (x_low, w_low, dw_low): the products run in bfloat16 (train_bf16, or under autocast) on copies of x and
     W held in these reused buffers, and dW is stored back in float32. Reused, because a fresh multi-MB tensor
@@ -73,13 +74,16 @@ class _DataLinear(torch.autograd.Function):
                 grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
                 defer: bool = False) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
-            if low is None:
-                y = torch.bmm(x, w)
+            if defer:   # trainer.native: the product balanced over the threads, scale and bias applied
+                out = native.data_forward(x, w, b, scale)
             else:
-                if x.dtype != low[0].dtype:
-                    x = low[0].copy_(x)
-                y = torch.bmm(x, low[1].copy_(w)).float()
-            out = torch.addcmul(b, y, scale) if scale is not None else y.add_(b)
+                if low is None:
+                    y = torch.bmm(x, w)
+                else:
+                    if x.dtype != low[0].dtype:
+                        x = low[0].copy_(x)
+                    y = torch.bmm(x, low[1].copy_(w)).float()
+                out = torch.addcmul(b, y, scale) if scale is not None else y.add_(b)
         ctx.save_for_backward(x, scale if scale is not None else torch.empty(0))
         ctx.has_scale, ctx.grad_buf, ctx.low = scale is not None, grad_buf, low
         ctx.deferred_to = w if defer else None
