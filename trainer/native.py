@@ -61,8 +61,9 @@ def _cache_dir() -> Path:
 
 
 def _compile(cc: str) -> Path:
-    key = hashlib.sha256(b"\0".join([*(s.read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
-                                     torch.__version__.encode()])).hexdigest()[:20]
+    parts = [*(s.read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
+             torch.__version__.encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
     out = _cache_dir() / f"data_layer-{key}.so"
     if out.exists():
         return out
@@ -70,7 +71,8 @@ def _compile(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)   # several processes may compile at once
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
+                              timeout=120)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).strip().splitlines()
             raise RuntimeError(f"{cc} failed ({said[-1] if said else f'exit status {proc.returncode}'})")
@@ -191,7 +193,7 @@ def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torc
     number of steps model k has taken before this one. Same update as torch.optim.Adam(weight_decay=...)."""
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"the native kernel is not available: {_reason}")
+        raise RuntimeError(f"the native kernels are not available: {_reason}")
     K, D, H = w.shape
     for t in (w, exp_avg, exp_avg_sq):
         if t.shape != w.shape or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
@@ -222,7 +224,7 @@ def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale
     write (else a new tensor)."""
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"the native kernel is not available: {_reason}")
+        raise RuntimeError(f"the native kernels are not available: {_reason}")
     K, D, H = w.shape
     if not usable(w):
         raise ValueError(f"data_forward: the weight must be a contiguous float32 CPU tensor [K, D, H] with H a "
@@ -240,7 +242,8 @@ def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale
     if out is None:
         out = torch.empty(K, B, H, dtype=torch.float32)
     elif tuple(out.shape) != (K, B, H) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(f"data_forward: out {out.dtype} {tuple(out.shape)} is not a contiguous float32 [{K}, {B}, {H}]")
+        raise ValueError(f"data_forward: out {out.dtype} {tuple(out.shape)} is not a contiguous float32 "
+                         f"[{K}, {B}, {H}]")
     threads = torch.get_num_threads() if K * B * D * H >= 1 << 20 else 1   # a parallel region costs ~20 us
     lib.data_forward(x.data_ptr(), int(x_stride), w.data_ptr(), None if b is None else b.data_ptr(),
                      None if scale is None else scale.data_ptr(), out.data_ptr(), K, B, D, H, threads)

@@ -3,10 +3,11 @@
        y[k] = (x[k] @ W[k]) * scale[k] + b[k]          x[k]: [B, D] (the masked input), W[k]: [D, H], y[k]: [B, H]
 
    torch's bmm over K = 5 models runs each model's product on one thread (3 + 2 over two cores); here the parallel
-   tasks are (model, 16 rows, 64 columns) tiles, so two threads get equal shares. Inside a task the reduction over D
-   goes in chunks of DC rows of W (a 64-KB block that stays in the core's L2 while every group of four input rows
-   passes over it); four rows x 64 columns of y sit in sixteen 16-float vectors. Each element of y is summed by one
-   thread in one order (d = 0, 1, ..., D - 1), so the result does not depend on the thread count.
+   tasks are (model, rows, 64 columns) tiles -- all B rows, or fewer when that gives under four tasks a thread -- so
+   two threads get equal shares. Inside a task the reduction over D goes in chunks of DC rows of W (a 128-KB block
+   of its 64 columns that stays in the core's L2 while every group of four input rows passes over it); four rows
+   x 64 columns of y sit in sixteen 16-float vectors. Each element of y is summed by one thread in one order
+   (d = 0, 1, ..., D - 1), so the result does not depend on the thread count.
    H must be a multiple of 16 (trainer.native sends nothing else); rows past the last four take a scalar loop.
    GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
 #include <stddef.h>
