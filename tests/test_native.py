@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import native
+from trainer import native, native_trunk
 from trainer.models import build_model
 from trainer.optim import BatchedAdam
 
@@ -176,15 +176,19 @@ def test_run_experiment_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPa
     real, real_forward = native.wgrad_adam_, native.data_forward
     monkeypatch.setattr(native, "wgrad_adam_", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k)))
     monkeypatch.setattr(native, "data_forward", lambda *a, **k: (forwards.append(a[1].shape), real_forward(*a, **k))[1])
+    trunks = []
+    real_trunk = native_trunk.AttentionTrunk.apply
+    monkeypatch.setattr(native_trunk.AttentionTrunk, "apply", lambda *a: (trunks.append(a[0]), real_trunk(*a))[1])
     with_kernel = run_experiment(fs, "attention", p)
     assert calls and {tuple(s) for s in calls} == {(5, 20, 64), (5, 140, 64)}
     assert len(forwards) == len(calls) and {tuple(s) for s in forwards} == {(5, 20, 64), (5, 140, 64)}
+    assert len(trunks) == len(calls) // 2 and {d[:4] for d in trunks} == {(5, 16, 2, 64)}   # one a step
     try:
         monkeypatch.setenv("FEATSTORE_NATIVE", "0")
         native.reset()
         n = len(calls)
         without = run_experiment(fs, "attention", p)
-        assert len(calls) == n and len(forwards) == n
+        assert len(calls) == n and len(forwards) == n and len(trunks) == n // 2
     finally:
         monkeypatch.delenv("FEATSTORE_NATIVE")
         native.reset()
@@ -218,7 +222,7 @@ def test_an_unavailable_kernel_is_said_once_per_run(monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("CC", "no-such-compiler-here")
         native.reset()
         said = [w for w in run_experiment(fs, "mlp", p).warnings if "trainer.native" in w]
-        assert said == ["the data layers' products and Adam step ran on the PyTorch path, about 1.1-1.2x slower: "
+        assert said == ["the data layers and the attention trunk ran on the PyTorch path, about 1.3x slower: "
                         "trainer.native's kernels are unavailable, no C compiler ('no-such-compiler-here' not found; "
                         "set CC)"]
         monkeypatch.setenv("FEATSTORE_NATIVE", "0")            # switched off on purpose: nothing to say
@@ -249,3 +253,50 @@ def test_mismatched_tensors_are_refused_with_their_shapes() -> None:
         native.data_forward(torch.zeros(2, 4, 8), w, None, out=torch.zeros(2, 5, 16))
     with pytest.raises(ValueError, match=r"H a multiple of 16, got torch.float32 \(2, 8, 12\)"):
         native.data_forward(torch.zeros(2, 4, 8), torch.zeros(2, 8, 12), None)
+
+
+@pytest.mark.parametrize("drops", [[0.5] * 3,                   # 1 bit (MERTools' default)
+                                   [0.25, 0.5, 0.75],           # 2 bits for some, 1 for one: per-model widths
+                                   [0.0625, 0.0, 0.4375],       # 4 bits; a model without dropout
+                                   [7 / 256] * 3,               # 8 bits
+                                   [0.3] * 3])                  # 16 bits
+def test_dropout_kernel_draws_the_masks_of_keep_mask(drops: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """BatchedModel.dropped through native.dropout_apply gives the numbers of x * keep_mask (and keep_mask times
+    1 / (1 - p)) bit for bit: same draws, same decisions, idle models drawing nothing."""
+    gen = torch.Generator().manual_seed(11)
+    x, shared = torch.randn(3, 7, 130, generator=gen), torch.randn(7, 130, generator=gen)
+    got = []
+    for kernel in (True, False):
+        m = build_model("attention", spec(K=3, dropout=drops)).train()
+        m.active = [True, False, True]
+        if not kernel:
+            monkeypatch.setattr(native, "library", lambda: None)
+        got.append([m.dropped(x, 7, 130, torch.empty(3, 7, 130)).clone(),
+                    m.dropped(None, 7, 130, torch.empty(3, 7, 130), scaled=True).clone(),
+                    m.dropped(shared.expand(3, 7, 130), 7, 130, torch.empty(3, 7, 130)).clone(),
+                    m.dropped(shared, 7, 130, torch.empty(3, 7, 130)).clone()])
+        monkeypatch.undo()
+    for a, b in zip(*got):
+        assert torch.equal(a[[0, 2]], b[[0, 2]])         # the idle model's rows are never used
+    twin = build_model("attention", spec(K=3, dropout=drops)).train()      # the same generators: the first mask
+    twin.active = [True, False, True]
+    first = twin.dropped(None, 7, 130, torch.empty(3, 7, 130))
+    masked, mask = got[0][0], got[0][1]
+    for k in (0, 2):
+        dropped = float((first[k] == 0).float().mean())
+        assert abs(dropped - drops[k]) < 0.15 and (drops[k] > 0) == (dropped > 0)
+        assert torch.equal(masked[k], x[k] * first[k]) and set(first[k].unique().tolist()) <= {0.0, 1.0}
+        assert torch.allclose(mask[k][mask[k] > 0], torch.tensor(1.0 / (1.0 - drops[k])))
+
+
+def test_dropout_kernel_refuses_what_does_not_fit() -> None:
+    raw = torch.zeros(2, 4, dtype=torch.int64)
+    bits, thr = torch.ones(2, dtype=torch.int32), torch.ones(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="does not hold 300 draws"):
+        native.dropout_apply(None, raw, bits, thr, None, torch.empty(2, 3, 100))
+    with pytest.raises(ValueError, match="does not fit out"):
+        native.dropout_apply(torch.zeros(2, 5, 8), raw, bits, thr, None, torch.empty(2, 4, 8))
+    with pytest.raises(ValueError, match="one int32 per model"):
+        native.dropout_apply(None, raw, bits.long(), thr, None, torch.empty(2, 4, 8))
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.dropout_apply(None, raw, bits, thr, None, torch.empty(2, 4, 8, dtype=torch.float64))

@@ -99,7 +99,7 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     why = None if device.type != "cpu" or low_bf16 or protocol.bf16 or convex or \
         getattr(model_class(fusion), "level", "utt") == "seq" else native.unavailable()
     if why and "FEATSTORE_NATIVE=0" not in why:      # switched off on purpose: nothing to say
-        warnings.append(f"the data layers' products and Adam step ran on the PyTorch path, about 1.1-1.2x slower: "
+        warnings.append(f"the data layers and the attention trunk ran on the PyTorch path, about 1.3x slower: "
                         f"trainer.native's kernels are unavailable, {why}")
     outcomes: dict[int, Outcome] = {}
     moments: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}   # standardisation, by training rows

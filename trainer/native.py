@@ -1,5 +1,5 @@
-"""Native kernels for the hot spot of training on CPUs: a data layer's forward product, and its weight gradient
-fused with its Adam step.
+"""Native kernels for the hot spots of training on CPUs: a data layer's forward product, its weight gradient fused
+with its Adam step, and the attention model's trunk (`trainer.native_trunk`).
 
 The first layer of every branch (a data input of 768-5120 dims to the hidden size) holds nearly all of a model's
 parameters. In PyTorch its step is three passes over memory: the weight gradient x^T g written by a matmul
@@ -9,10 +9,13 @@ it is still in registers: same arithmetic as torch's fused Adam (L2 weight decay
 summation order for the gradient (float32 rounding differences of ~1e-7 relative), never a written gradient.
 `trainer/kernels/data_forward.c` computes the layer's forward product x[k] @ W[k] (with the dropout scale and the
 bias) in (model, rows, 64 columns) tiles spread evenly over the threads, where torch's bmm gives each of the K
-models to one thread (K = 5 on two threads: 3 + 2).
+models to one thread (K = 5 on two threads: 3 + 2). `trainer/kernels/attention_trunk.c` runs the rest of the
+attention model (its small layers, ~80 PyTorch operators a step) as one forward and one backward call; see
+trainer.native_trunk. `trainer/kernels/dropout.c` makes a dropout mask from its random bits and applies it in one
+pass (the same decisions as models.base's keep_mask, which takes four PyTorch passes).
 
 The C sources are compiled on first use with the system C compiler (`$CC`, else `cc`; `-O3 -march=native
--fopenmp`, about 0.4 s) into one library in a cache keyed by the sources, the flags and the CPU
+-fopenmp`, about 2 s) into one library in a cache keyed by the sources, the flags and the CPU
 (`$FEATSTORE_KERNEL_CACHE`, else `~/.cache/featstore/kernels`), and loaded with ctypes. They run on torch's own
 OpenMP runtime (libgomp, loaded with torch, so no second thread pool competes for the cores; where torch runs on
 another runtime the kernels are not used) at torch's thread count, and every element they write is computed by
@@ -37,7 +40,7 @@ from pathlib import Path
 import torch
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = (KERNELS / "wgrad_adam.c", KERNELS / "data_forward.c")
+SOURCES = (KERNELS / "wgrad_adam.c", KERNELS / "data_forward.c", KERNELS / "attention_trunk.c", KERNELS / "dropout.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
@@ -120,8 +123,17 @@ def _load() -> ctypes.CDLL | None:
         lib.wgrad_adam.restype = I
         lib.data_forward.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, I]
         lib.data_forward.restype = None
+        lib.dropout_apply.argtypes = [P, ctypes.c_longlong, P, ctypes.c_longlong, P, P, P, P, I, ctypes.c_longlong, I]
+        lib.dropout_apply.restype = None
+        for f in (lib.trunk_forward, lib.trunk_backward):    # trainer.native_trunk
+            f.argtypes, f.restype = [P], None
         _lib = lib
         return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels (building them on first use), or None where they cannot be used (`unavailable()`)."""
+    return _load()
 
 
 def reset() -> None:
@@ -247,4 +259,38 @@ def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale
     threads = torch.get_num_threads() if K * B * D * H >= 1 << 20 else 1   # a parallel region costs ~20 us
     lib.data_forward(x.data_ptr(), int(x_stride), w.data_ptr(), None if b is None else b.data_ptr(),
                      None if scale is None else scale.data_ptr(), out.data_ptr(), K, B, D, H, threads)
+    return out
+
+
+def dropout_apply(x: torch.Tensor | None, raw: torch.Tensor, bits: torch.Tensor, thr: torch.Tensor,
+                  scale: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """out[k] = x[k] * keep[k] * scale[k] (x None: the mask; scale None: 1) in one pass, where keep[k] is the
+    dropout decision `models.base.BatchedModel.keep_mask` makes from model k's random words raw[k] (int64, rows
+    contiguous) with bits[k] random bits an element and threshold thr[k] (int32 [K] each). x: [K, n, d] or [n, d]
+    (or an expanded [K, n, d]: rows shared by every model), float32; out: a contiguous float32 [K, n, d]."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    K, numel = out.shape[0], out[0].numel()
+    if out.dtype != torch.float32 or not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError(f"dropout_apply: out must be a contiguous float32 CPU tensor, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    if raw.dtype != torch.int64 or raw.dim() != 2 or raw.shape[0] != K or raw.stride(1) != 1 \
+            or raw.shape[1] * 64 < numel * int(bits.max()):
+        raise ValueError(f"dropout_apply: raw {raw.dtype} {tuple(raw.shape)} does not hold {numel} draws a model")
+    if bits.dtype != torch.int32 or thr.dtype != torch.int32 or bits.numel() != K or thr.numel() != K:
+        raise ValueError("dropout_apply: bits and thr need one int32 per model")
+    x_stride = 0
+    if x is not None:
+        x, x_stride = _rows(x, K, out.shape[-1])
+        if out.dim() != 3 or x.shape[-2] != out.shape[1]:
+            raise ValueError(f"dropout_apply: x {tuple(x.shape)} does not fit out {tuple(out.shape)}")
+    if scale is not None:
+        scale = scale.contiguous()
+        if scale.numel() != K or scale.dtype != torch.float32:
+            raise ValueError("dropout_apply: scale needs one float32 per model")
+    threads = torch.get_num_threads() if K * numel >= 1 << 16 else 1
+    lib.dropout_apply(None if x is None else x.data_ptr(), int(x_stride), raw.data_ptr(), raw.stride(0) * 8,
+                      bits.data_ptr(), thr.data_ptr(), None if scale is None else scale.data_ptr(), out.data_ptr(),
+                      K, numel, threads)
     return out

@@ -10,12 +10,17 @@ Layer by layer as MERTools builds it (and in that order, so the initialisation m
   fc_out_2       Linear(hidden, 1)         -> valence (only when the dataset has valence; MERTools builds a
                                               0-wide layer otherwise, which draws no random numbers)
 A branch missing for a row (its extraction failed) contributes a zero vector (and, with softmax, no weight).
+
+In the trainer's training steps on a CPU (float32, trainer.native's kernels built, no branch masked) everything
+after the data layers' products runs as one native forward and backward (trainer.native_trunk); the layers below
+are the definition, and the path of every other case.
 """
 
 from __future__ import annotations
 
 import torch
 
+from trainer import native_trunk
 from trainer.models import register
 from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
 
@@ -34,6 +39,8 @@ class Attention(MLPEncoderMixin, BatchedModel):
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if masks is None and self._trunk_is_native():
+            return self._forward_native(inputs)
         hiddens = self.run_branches(self.branch_names, inputs, masks)
         att = self.run_hidden_encoder("att", torch.cat(hiddens, dim=-1))
         weights = self.apply_linear("fc_att", [att])                        # [K, n, M]
@@ -49,3 +56,31 @@ class Attention(MLPEncoderMixin, BatchedModel):
         for i in range(1, len(hiddens)):
             fused = fused + hiddens[i] * weights[..., i:i + 1]
         return self.run_heads(fused, attention=weights)
+
+    def _trunk_params(self) -> list[torch.Tensor]:
+        return [getattr(self, n) for n in native_trunk.param_names(len(self.branch_names), self.spec.n_classes,
+                                                                    self.spec.n_valence)]
+
+    def _trunk_is_native(self) -> bool:
+        """A training step of the trainer's float32 CPU path (see trainer.native_trunk)."""
+        return (self.training and torch.is_grad_enabled() and self.defer_data_grads and self.data_dtype is None
+                and not torch.is_autocast_enabled(self.device.type)
+                and native_trunk.usable(self._trunk_params(), self.spec.hidden))
+
+    def _forward_native(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training forward with the trunk in one native call; the same outputs as `forward`'s layers."""
+        zs = [self.apply_data_linear(f"enc{i}_1", [inputs[p] for p in self.spec.branches[b]])
+              for i, b in enumerate(self.branch_names)]
+        K, B, H = zs[0].shape
+        M, C, V = len(zs), self.spec.n_classes, self.spec.n_valence
+        keep = None    # the attention MLP's dropout, drawn after the data layers' masks as drop() draws it
+        if any(self._p):
+            keep = self.dropped(None, B, M * H, self._buffer("trunk_keep", (K, B, M * H), torch.float32), scaled=True)
+        emotion, valence, weights, fused = native_trunk.AttentionTrunk.apply(
+            (K, B, M, H, C, V), self.softmax, keep, *zs, *self._trunk_params())
+        out = {"features": fused, "attention": weights}
+        if C:
+            out["emotion"] = emotion
+        if V:
+            out["valence"] = valence[..., 0]
+        return out

@@ -142,6 +142,7 @@ class BatchedModel(nn.Module):
         self._shifts = {b: torch.arange(0, 8, b, dtype=torch.uint8, device=self.device).view(1, 8 // b, 1)
                         for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self._native_mask_args: tuple[torch.Tensor, torch.Tensor] | None = None   # bits and thresholds, int32
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad) or deferred
         self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.train_bf16): see _DataLinear
         # set by the trainer when its optimiser takes deferred data-layer gradients (BatchedAdam + trainer.native)
@@ -217,8 +218,7 @@ class BatchedModel(nn.Module):
                     # product, instead of a float32 product and the copy of its result
                     x = low[0].copy_(x).mul_(self.keep_mask(x.shape[1], x.shape[2], tag="mask_low", dtype=low_dt))
                 else:
-                    keep = self.keep_mask(x.shape[1], x.shape[2])
-                    x = torch.mul(x, keep, out=self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
+                    x = self.dropped(x, x.shape[1], x.shape[2], self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
             zero_b = b if out is None else torch.zeros_like(b)
             defer = self.defer_data_grads and low is None and native.usable(w)
             y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low, defer)
@@ -235,6 +235,36 @@ class BatchedModel(nn.Module):
             self._buffers_cache[key] = buf
         return buf
 
+    def _draw(self, numel: int) -> torch.Tensor:
+        """The random words of this step's mask of `numel` elements, [K, words] int64 (a reused buffer): each active
+        model with dropout draws its own from its generator; the other rows keep what they held (unused)."""
+        words = [(numel * b + 63) // 64 for b in self._bits]
+        raw = self._buffer("raw", (self.K, max(words)), torch.int64)
+        active = self.active if self.active is not None else [True] * self.K
+        for k in range(self.K):
+            if active[k] and self._p[k] > 0:
+                raw[k, :words[k]].random_(-(2**63), None, generator=self.spec.drop_generators[k])
+        return raw
+
+    def dropped(self, x: torch.Tensor | None, n: int, d: int, out: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+        """x [K, n, d] (or [n, d] rows shared by every model) times this step's keep-mask, or the mask itself when x
+        is None, times 1 / (1 - p) when `scaled`, written into `out` [K, n, d] float32. Needs dropout in training
+        (`keep_mask` is not None). The numbers of `x * keep_mask(n, d)` (and `keep_mask * scale`), in one pass of
+        trainer.native's kernel where it is loaded (float32 on a CPU) instead of four PyTorch passes."""
+        if out.device.type == "cpu" and native.library() is not None:
+            if self._native_mask_args is None:
+                self._native_mask_args = (torch.tensor(self._bits, dtype=torch.int32),
+                                          torch.tensor([round(t) + 1 for t in self._thr_m1.view(-1).tolist()],
+                                                       dtype=torch.int32))
+            bits, thr = self._native_mask_args
+            return native.dropout_apply(x, self._draw(n * d), bits, thr, self._scale.view(-1) if scaled else None,
+                                        out)
+        keep = self.keep_mask(n, d)
+        assert keep is not None, "dropped() needs dropout in training"
+        if x is None:
+            return torch.mul(keep, self._scale, out=out) if scaled else out.copy_(keep)
+        return torch.mul(x, keep, out=out) if not scaled else torch.mul(x, keep * self._scale, out=out)
+
     def keep_mask(self, n: int, d: int, tag: str = "mask", dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """[K, n, d] keep-mask (1 = kept) for this step, each model's drawn from its own generator.
 
@@ -246,12 +276,7 @@ class BatchedModel(nn.Module):
         if dtype != torch.float32 and max(self._bits) > 8:
             raise ValueError(f"a {dtype} keep-mask needs draws of at most 8 bits; dropout {self._p} needs 16")
         K, numel = self.K, n * d
-        words = [(numel * b + 63) // 64 for b in self._bits]
-        raw = self._buffer("raw", (K, max(words)), torch.int64)
-        active = self.active if self.active is not None else [True] * K
-        for k in range(K):
-            if active[k] and self._p[k] > 0:
-                raw[k, :words[k]].random_(-(2**63), None, generator=self.spec.drop_generators[k])
+        raw = self._draw(numel)
         mask = self._buffer(tag, (K, numel), dtype)
         thr_m1 = self._thr_m1.to(dtype)
         if len(set(self._bits)) == 1:

@@ -1,0 +1,461 @@
+/* The attention fusion model's trunk, forward and backward, K models at once (see trainer/native_trunk.py).
+
+   Everything of models/attention.py after the data layers' products, for M branches of width H (H % 16 == 0):
+       a1_b = relu(z_b)              a2_b = relu(a1_b W2_b + b2_b)       h_b = relu(a2_b W3_b + b3_b)
+       cat  = [h_0 .. h_M-1] * keep  (keep: the dropout mask times 1 / (1 - p), or none)
+       u1 = relu(cat Wa1 + ba1)      u2 = relu(u1 Wa2 + ba2)             u3 = relu(u2 Wa3 + ba3)
+       s  = u3 Wf + bf               weights = s, or softmax(s)          fused = sum_b weights_b * h_b
+       emotion = fused We + be       valence = fused Wv + bv
+   In PyTorch these are ~40 operators a step on [K, 32, 128] tensors and as many in the backward, each dispatched
+   and threaded on its own (10-20 us apiece, most of it overhead), and bmm runs each model's small product on one
+   thread. Here the forward is two parallel loops: the weights' transposes (one (model, weight) task each; the
+   backward multiplies by them, and the forward reads the weights anyway), then the layers over (model, block of
+   rows) tasks -- every operator of the trunk is row-wise. The backward is two more: the row-wise gradients of
+   every activation, then the weight and bias gradients, one (model, layer) task each, summed over the rows in
+   order. Every element is computed by one thread in one order, so results do not depend on the thread count.
+   Products of width H or M * H run in 4-row x 64-column (then 16-column) register tiles; the narrow ones (M
+   weights, C classes, V valence outputs) as dot products in 16 lanes over the transposed weights.
+   ReLU keeps NaN as torch.relu does; its gradient passes where the output is > 0 (threshold_backward).
+   GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+static inline v16 load16(const float *p) { v16 v; __builtin_memcpy(&v, p, 64); return v; }
+static inline void store16(float *p, v16 v) { __builtin_memcpy(p, &v, 64); }
+
+/* The layout trainer/native_trunk.py fills (ctypes.Structure of the same fields, in this order). [K, B, X]
+   arrays are row-major; per-branch arrays are M pointers. */
+typedef struct {
+    int K, B, M, H, C, V, softmax, threads;
+    /* forward inputs */
+    const float *const *z;                       /* M x [K, B, H]: the data layers' outputs, before their ReLU */
+    const float *const *w2, *const *b2;          /* M x [K, H, H], M x [K, H] */
+    const float *const *w3, *const *b3;
+    const float *keep;                           /* [K, B, M H] or NULL */
+    const float *wa1, *ba1, *wa2, *ba2, *wa3, *ba3;    /* [K, M H, H], [K, H], [K, H, H], [K, H], ... */
+    const float *wf, *bf;                        /* [K, H, M], [K, M] */
+    const float *we, *be;                        /* [K, H, C], [K, C] */
+    const float *wv, *bv;                        /* [K, H, V], [K, V] */
+    /* saved by the forward for the backward */
+    float *a1, *a2, *h;                          /* [M, K, B, H] each */
+    float *cat;                                  /* [K, B, M H] */
+    float *u1, *u2, *u3;                         /* [K, B, H] */
+    float *wn;                                   /* [K, M + C + V, H]: Wf, We and Wv transposed */
+    float *wt;                                   /* [K, 3 M + 2, H, H]: Wa3, Wa2, Wa1, W3_b, W2_b transposed */
+    /* forward outputs */
+    float *weights, *fused, *emo, *val;          /* [K, B, M], [K, B, H], [K, B, C], [K, B, V] */
+    /* backward: incoming gradients, NULL for none */
+    const float *g_emo, *g_val, *g_weights, *g_fused;
+    /* backward scratch */
+    float *g_f, *g_u3, *g_u2, *g_u1;             /* [K, B, H] */
+    float *g_s;                                  /* [K, B, M] */
+    float *g_cat;                                /* [K, B, M H] */
+    float *g_h, *g_a2;                           /* [M, K, B, H] */
+    /* backward outputs */
+    float *const *g_z;                           /* M x [K, B, H] */
+    float *const *g_w2, *const *g_b2, *const *g_w3, *const *g_b3;
+    float *g_wa1, *g_ba1, *g_wa2, *g_ba2, *g_wa3, *g_ba3, *g_wf, *g_bf, *g_we, *g_be, *g_wv, *g_bv;
+} trunk_t;
+
+/* ------------------------------------------------------------------------------------------- products */
+
+/* Y[r, :N] = X[r, :D] @ W[:D, :N] for rows [0, rows); N % 16 == 0. */
+static void mm_nn(const float *X, int ldx, const float *W, int N, float *Y, int ldy, int rows, int D) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = X + (size_t)r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+        float *y0 = Y + (size_t)r * ldy, *y1 = y0 + ldy, *y2 = y1 + ldy, *y3 = y2 + ldy;
+        int n = 0;
+        for (; n + 64 <= N; n += 64) {
+            v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+            v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+            for (int d = 0; d < D; d++) {
+                const float *wd = W + (size_t)d * N + n;
+                v16 w0 = load16(wd), w1 = load16(wd + 16), w2 = load16(wd + 32), w3 = load16(wd + 48);
+                float s0 = x0[d], s1 = x1[d], s2 = x2[d], s3 = x3[d];
+                a00 += s0 * w0; a01 += s0 * w1; a02 += s0 * w2; a03 += s0 * w3;
+                a10 += s1 * w0; a11 += s1 * w1; a12 += s1 * w2; a13 += s1 * w3;
+                a20 += s2 * w0; a21 += s2 * w1; a22 += s2 * w2; a23 += s2 * w3;
+                a30 += s3 * w0; a31 += s3 * w1; a32 += s3 * w2; a33 += s3 * w3;
+            }
+            store16(y0 + n, a00); store16(y0 + n + 16, a01); store16(y0 + n + 32, a02); store16(y0 + n + 48, a03);
+            store16(y1 + n, a10); store16(y1 + n + 16, a11); store16(y1 + n + 32, a12); store16(y1 + n + 48, a13);
+            store16(y2 + n, a20); store16(y2 + n + 16, a21); store16(y2 + n + 32, a22); store16(y2 + n + 48, a23);
+            store16(y3 + n, a30); store16(y3 + n + 16, a31); store16(y3 + n + 32, a32); store16(y3 + n + 48, a33);
+        }
+        for (; n < N; n += 16) {
+            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int d = 0; d < D; d++) {
+                v16 w0 = load16(W + (size_t)d * N + n);
+                a0 += x0[d] * w0; a1 += x1[d] * w0; a2 += x2[d] * w0; a3 += x3[d] * w0;
+            }
+            store16(y0 + n, a0); store16(y1 + n, a1); store16(y2 + n, a2); store16(y3 + n, a3);
+        }
+    }
+    for (; r < rows; r++) {
+        const float *x0 = X + (size_t)r * ldx;
+        float *y0 = Y + (size_t)r * ldy;
+        for (int n = 0; n < N; n += 16) {
+            v16 a0 = {0};
+            for (int d = 0; d < D; d++) a0 += x0[d] * load16(W + (size_t)d * N + n);
+            store16(y0 + n, a0);
+        }
+    }
+}
+
+static inline float hsum(v16 v) {
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += v[i];
+    return s;
+}
+
+/* Y[r, n] = X[r, :D] . WT[n, :D] for a narrow N (the M weights, C classes, V valence outputs): each a dot
+   product in 16 lanes (WT: the weight transposed, `narrow_t`). */
+static void mm_dot(const float *X, int ldx, const float *WT, int N, float *Y, int ldy, int rows, int D) {
+    int D16 = D / 16 * 16;
+    for (int r = 0; r < rows; r++) {
+        const float *x = X + (size_t)r * ldx;
+        for (int n = 0; n < N; n++) {
+            const float *w = WT + (size_t)n * D;
+            v16 acc = {0};
+            for (int d = 0; d < D16; d += 16) acc += load16(x + d) * load16(w + d);
+            float s = hsum(acc);
+            for (int d = D16; d < D; d++) s += x[d] * w[d];
+            Y[(size_t)r * ldy + n] = s;
+        }
+    }
+}
+
+/* Y[r, :D] += sum_n G[r, n] WT[n, :D]: the input gradient of a narrow layer, in vectors over D */
+static void mm_acc_t(const float *G, int ldg, const float *WT, int N, float *Y, int ldy, int rows, int D) {
+    for (int r = 0; r < rows; r++) {
+        float *y = Y + (size_t)r * ldy;
+        for (int n = 0; n < N; n++) {
+            float g = G[(size_t)r * ldg + n];
+            const float *w = WT + (size_t)n * D;
+            for (int d = 0; d < D; d++) y[d] += g * w[d];
+        }
+    }
+}
+
+/* T[:N, :D] = W[:D, :N]^T for a narrow N */
+static void narrow_t(const float *W, int D, int N, float *T) {
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < D; d++) T[(size_t)n * D + d] = W[(size_t)d * N + n];
+}
+
+/* dW[:D, :N] = X[:rows, :D]^T @ G[:rows, :N] and db[:N] = sum of G's rows (db may be NULL), summed over the rows
+   in order. */
+static void mm_tn(const float *X, int ldx, const float *G, int ldg, float *dW, float *db, int rows, int D, int N) {
+    if (N % 16 == 0) {
+        int d = 0;
+        for (; d + 4 <= D; d += 4) {
+            float *w0 = dW + (size_t)d * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+            int n = 0;
+            for (; n + 64 <= N; n += 64) {
+                v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+                v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+                for (int r = 0; r < rows; r++) {
+                    const float *x = X + (size_t)r * ldx + d, *g = G + (size_t)r * ldg + n;
+                    v16 g0 = load16(g), g1 = load16(g + 16), g2 = load16(g + 32), g3 = load16(g + 48);
+                    float s0 = x[0], s1 = x[1], s2 = x[2], s3 = x[3];
+                    a00 += s0 * g0; a01 += s0 * g1; a02 += s0 * g2; a03 += s0 * g3;
+                    a10 += s1 * g0; a11 += s1 * g1; a12 += s1 * g2; a13 += s1 * g3;
+                    a20 += s2 * g0; a21 += s2 * g1; a22 += s2 * g2; a23 += s2 * g3;
+                    a30 += s3 * g0; a31 += s3 * g1; a32 += s3 * g2; a33 += s3 * g3;
+                }
+                store16(w0 + n, a00); store16(w0 + n + 16, a01); store16(w0 + n + 32, a02); store16(w0 + n + 48, a03);
+                store16(w1 + n, a10); store16(w1 + n + 16, a11); store16(w1 + n + 32, a12); store16(w1 + n + 48, a13);
+                store16(w2 + n, a20); store16(w2 + n + 16, a21); store16(w2 + n + 32, a22); store16(w2 + n + 48, a23);
+                store16(w3 + n, a30); store16(w3 + n + 16, a31); store16(w3 + n + 32, a32); store16(w3 + n + 48, a33);
+            }
+            for (; n < N; n += 16) {
+                v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                for (int r = 0; r < rows; r++) {
+                    const float *x = X + (size_t)r * ldx + d;
+                    v16 g = load16(G + (size_t)r * ldg + n);
+                    a0 += x[0] * g; a1 += x[1] * g; a2 += x[2] * g; a3 += x[3] * g;
+                }
+                store16(w0 + n, a0); store16(w1 + n, a1); store16(w2 + n, a2); store16(w3 + n, a3);
+            }
+        }
+    } else {    /* a narrow N: 16 rows of dW at a time, each column n summed over the rows in a vector */
+        int d = 0;
+        for (; d + 16 <= D; d += 16)
+            for (int n = 0; n < N; n++) {
+                v16 acc = {0};
+                for (int r = 0; r < rows; r++) acc += G[(size_t)r * ldg + n] * load16(X + (size_t)r * ldx + d);
+                for (int i = 0; i < 16; i++) dW[(size_t)(d + i) * N + n] = acc[i];
+            }
+        for (; d < D; d++)
+            for (int n = 0; n < N; n++) {
+                float s = 0.0f;
+                for (int r = 0; r < rows; r++) s += X[(size_t)r * ldx + d] * G[(size_t)r * ldg + n];
+                dW[(size_t)d * N + n] = s;
+            }
+    }
+    if (db)
+        for (int n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (int r = 0; r < rows; r++) s += G[(size_t)r * ldg + n];
+            db[n] = s;
+        }
+}
+
+/* Y[r, :] = relu(Y[r, :] + b) (relu = 0: no ReLU) */
+static void bias_act(float *Y, int ldy, int rows, int N, const float *b, int relu) {
+    for (int r = 0; r < rows; r++) {
+        float *y = Y + (size_t)r * ldy;
+        for (int n = 0; n < N; n++) {
+            float v = y[n] + b[n];
+            y[n] = relu && v < 0.0f ? 0.0f : v;
+        }
+    }
+}
+
+/* G[r, :] *= (A[r, :] > 0): the gradient through a ReLU whose output is A */
+static void relu_grad(float *G, int ldg, const float *A, int lda, int rows, int N) {
+    for (int r = 0; r < rows; r++)
+        for (int n = 0; n < N; n++)
+            if (!(A[(size_t)r * lda + n] > 0.0f)) G[(size_t)r * ldg + n] = 0.0f;
+}
+
+/* One round of a 16 x 16 transpose in registers: rows i and i + b (i & b == 0) swap the elements whose row and
+   column differ in bit b. After the rounds b = 8, 4, 2, 1 every row and column index has swapped all its bits. */
+#define ARGS(...) __VA_ARGS__
+#define ROUND(r, b, LO, HI)                                                                                 \
+    for (int i = 0; i < 16; i++)                                                                            \
+        if (!(i & (b))) {                                                                                   \
+            v16 lo = __builtin_shufflevector(r[i], r[i + (b)], ARGS LO);                                    \
+            v16 hi = __builtin_shufflevector(r[i], r[i + (b)], ARGS HI);                                    \
+            r[i] = lo; r[i + (b)] = hi;                                                                     \
+        }
+
+/* T[:N, :D] = W[:D, :N]^T; D and N multiples of 16 (the kernel's H and M H) */
+static void transpose(const float *W, int D, int N, float *T) {
+    for (int d0 = 0; d0 < D; d0 += 16)
+        for (int n0 = 0; n0 < N; n0 += 16) {
+            v16 r[16];
+            for (int i = 0; i < 16; i++) r[i] = load16(W + (size_t)(d0 + i) * N + n0);
+            ROUND(r, 8, (0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                  (8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+            ROUND(r, 4, (0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                  (4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+            ROUND(r, 2, (0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                  (2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+            ROUND(r, 1, (0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                  (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
+            for (int j = 0; j < 16; j++) store16(T + (size_t)(n0 + j) * D + d0, r[j]);
+        }
+}
+
+static int rows_per_task(int K, int B, int threads) {
+    int rt = (B + 3) / 4 * 4;
+    while (rt > 4 && K * ((B + rt - 1) / rt) < 4 * threads) rt = (rt / 2 + 3) / 4 * 4;
+    return rt;
+}
+
+/* the transposed weight j of model k in t->wt: 0 Wa3, 1 Wa2, 2 Wa1 (M squares), then W3_b and W2_b per branch */
+static float *wt_of(const trunk_t *t, int k, int j) {
+    return t->wt + ((size_t)k * (3 * t->M + 2) + (size_t)j) * t->H * t->H;
+}
+
+/* job 0..2M+2 of model k: the transposes the backward multiplies by (the forward makes them while it reads the
+   weights anyway); job 2M+3: the narrow ones the forward uses too */
+static void transpose_job(const trunk_t *t, int k, int job) {
+    const int M = t->M, H = t->H, C = t->C, V = t->V;
+    const size_t HH = (size_t)H * H;
+    if (job == 3 + 2 * M) {
+        float *wn = t->wn + (size_t)k * (M + C + V) * H;
+        narrow_t(t->wf + (size_t)k * H * M, H, M, wn);
+        if (C) narrow_t(t->we + (size_t)k * H * C, H, C, wn + (size_t)M * H);
+        if (V) narrow_t(t->wv + (size_t)k * H * V, H, V, wn + (size_t)(M + C) * H);
+    } else if (job == 0) transpose(t->wa3 + k * HH, H, H, wt_of(t, k, 0));
+    else if (job == 1) transpose(t->wa2 + k * HH, H, H, wt_of(t, k, 1));
+    else if (job == 2) transpose(t->wa1 + (size_t)k * M * HH, M * H, H, wt_of(t, k, 2));
+    else if (job < 3 + M) transpose(t->w3[job - 3] + k * HH, H, H, wt_of(t, k, 2 + M + (job - 3)));
+    else transpose(t->w2[job - 3 - M] + k * HH, H, H, wt_of(t, k, 2 + 2 * M + (job - 3 - M)));
+}
+
+/* ------------------------------------------------------------------------------------------- forward */
+
+static void forward_rows(const trunk_t *t, int k, int r0, int rows) {
+    const int B = t->B, M = t->M, H = t->H, MH = M * H, C = t->C, V = t->V;
+    const size_t KBH = (size_t)t->K * B * H, HH = (size_t)H * H;
+    const size_t kr = (size_t)k * B + r0;                    /* row index into [K, B, .] arrays */
+    for (int b = 0; b < M; b++) {
+        const float *z = t->z[b] + kr * H;
+        float *a1 = t->a1 + b * KBH + kr * H, *a2 = t->a2 + b * KBH + kr * H, *h = t->h + b * KBH + kr * H;
+        for (size_t i = 0; i < (size_t)rows * H; i++) a1[i] = z[i] < 0.0f ? 0.0f : z[i];
+        mm_nn(a1, H, t->w2[b] + k * HH, H, a2, H, rows, H);
+        bias_act(a2, H, rows, H, t->b2[b] + (size_t)k * H, 1);
+        mm_nn(a2, H, t->w3[b] + k * HH, H, h, H, rows, H);
+        bias_act(h, H, rows, H, t->b3[b] + (size_t)k * H, 1);
+        float *cat = t->cat + kr * MH + (size_t)b * H;
+        const float *keep = t->keep ? t->keep + kr * MH + (size_t)b * H : NULL;
+        for (int r = 0; r < rows; r++)
+            for (int n = 0; n < H; n++)
+                cat[(size_t)r * MH + n] = keep ? h[(size_t)r * H + n] * keep[(size_t)r * MH + n] : h[(size_t)r * H + n];
+    }
+    float *u1 = t->u1 + kr * H, *u2 = t->u2 + kr * H, *u3 = t->u3 + kr * H;
+    mm_nn(t->cat + kr * MH, MH, t->wa1 + (size_t)k * MH * H, H, u1, H, rows, MH);
+    bias_act(u1, H, rows, H, t->ba1 + (size_t)k * H, 1);
+    mm_nn(u1, H, t->wa2 + k * HH, H, u2, H, rows, H);
+    bias_act(u2, H, rows, H, t->ba2 + (size_t)k * H, 1);
+    mm_nn(u2, H, t->wa3 + k * HH, H, u3, H, rows, H);
+    bias_act(u3, H, rows, H, t->ba3 + (size_t)k * H, 1);
+    float *w = t->weights + kr * M;
+    const float *wn = t->wn + (size_t)k * (M + C + V) * H;     /* Wf^T, We^T, Wv^T */
+    mm_dot(u3, H, wn, M, w, M, rows, H);
+    bias_act(w, M, rows, M, t->bf + (size_t)k * M, 0);
+    if (t->softmax)
+        for (int r = 0; r < rows; r++) {
+            float *wr = w + (size_t)r * M, mx = wr[0], sum = 0.0f;
+            for (int b = 1; b < M; b++) mx = wr[b] > mx ? wr[b] : mx;
+            for (int b = 0; b < M; b++) { wr[b] = expf(wr[b] - mx); sum += wr[b]; }
+            for (int b = 0; b < M; b++) wr[b] /= sum;
+        }
+    float *f = t->fused + kr * H;
+    for (int r = 0; r < rows; r++)
+        for (int n = 0; n < H; n++) {
+            float s = 0.0f;
+            for (int b = 0; b < M; b++) s += t->h[b * KBH + (kr + r) * H + n] * w[(size_t)r * M + b];
+            f[(size_t)r * H + n] = s;
+        }
+    if (C) {
+        mm_dot(f, H, wn + (size_t)M * H, C, t->emo + kr * C, C, rows, H);
+        bias_act(t->emo + kr * C, C, rows, C, t->be + (size_t)k * C, 0);
+    }
+    if (V) {
+        mm_dot(f, H, wn + (size_t)(M + C) * H, V, t->val + kr * V, V, rows, H);
+        bias_act(t->val + kr * V, V, rows, V, t->bv + (size_t)k * V, 0);
+    }
+}
+
+void trunk_forward(const trunk_t *t) {
+    const int K = t->K, T = 4 + 2 * t->M;
+    int rt = rows_per_task(K, t->B, t->threads), nr = (t->B + rt - 1) / rt;
+    #pragma omp parallel num_threads(t->threads)
+    {
+        #pragma omp for schedule(dynamic)
+        for (int task = 0; task < K * T; task++) transpose_job(t, task / T, task % T);
+        #pragma omp for schedule(static)
+        for (int task = 0; task < K * nr; task++) {
+            int k = task / nr, r0 = task % nr * rt;
+            forward_rows(t, k, r0, r0 + rt < t->B ? rt : t->B - r0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- backward */
+
+/* the row-wise gradients of every activation, rows [r0, r0 + rows) of model k */
+static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
+    const int B = t->B, M = t->M, H = t->H, MH = M * H, C = t->C, V = t->V;
+    const size_t KBH = (size_t)t->K * B * H;
+    const size_t kr = (size_t)k * B + r0;
+    float *gf = t->g_f + kr * H, *gs = t->g_s + kr * M;
+    const float *w = t->weights + kr * M;
+    const float *wn = t->wn + (size_t)k * (M + C + V) * H;     /* Wf^T, We^T, Wv^T */
+    for (int r = 0; r < rows; r++)
+        for (int n = 0; n < H; n++) gf[(size_t)r * H + n] = t->g_fused ? t->g_fused[(kr + r) * H + n] : 0.0f;
+    if (C && t->g_emo) mm_acc_t(t->g_emo + kr * C, C, wn + (size_t)M * H, C, gf, H, rows, H);
+    if (V && t->g_val) mm_acc_t(t->g_val + kr * V, V, wn + (size_t)(M + C) * H, V, gf, H, rows, H);
+    for (int r = 0; r < rows; r++) {
+        float *g = gs + (size_t)r * M;
+        for (int b = 0; b < M; b++) {
+            const float *h = t->h + b * KBH + (kr + r) * H;
+            v16 acc = {0};
+            for (int n = 0; n < H; n += 16) acc += load16(gf + (size_t)r * H + n) * load16(h + n);
+            g[b] = hsum(acc) + (t->g_weights ? t->g_weights[(kr + r) * M + b] : 0.0f);
+        }
+        if (t->softmax) {
+            float dot = 0.0f;
+            for (int b = 0; b < M; b++) dot += g[b] * w[(size_t)r * M + b];
+            for (int b = 0; b < M; b++) g[b] = w[(size_t)r * M + b] * (g[b] - dot);
+        }
+    }
+    float *gu3 = t->g_u3 + kr * H, *gu2 = t->g_u2 + kr * H, *gu1 = t->g_u1 + kr * H;
+    memset(gu3, 0, sizeof(float) * rows * H);
+    mm_acc_t(gs, M, wn, M, gu3, H, rows, H);
+    relu_grad(gu3, H, t->u3 + kr * H, H, rows, H);
+    mm_nn(gu3, H, wt_of(t, k, 0), H, gu2, H, rows, H);
+    relu_grad(gu2, H, t->u2 + kr * H, H, rows, H);
+    mm_nn(gu2, H, wt_of(t, k, 1), H, gu1, H, rows, H);
+    relu_grad(gu1, H, t->u1 + kr * H, H, rows, H);
+    float *gcat = t->g_cat + kr * MH;
+    mm_nn(gu1, H, wt_of(t, k, 2), MH, gcat, MH, rows, H);
+    for (int b = 0; b < M; b++) {
+        float *gh = t->g_h + b * KBH + kr * H, *ga2 = t->g_a2 + b * KBH + kr * H;
+        const float *keep = t->keep ? t->keep + kr * MH + (size_t)b * H : NULL;
+        for (int r = 0; r < rows; r++)
+            for (int n = 0; n < H; n++) {
+                float gc = gcat[(size_t)r * MH + (size_t)b * H + n];
+                if (keep) gc *= keep[(size_t)r * MH + n];
+                gh[(size_t)r * H + n] = gf[(size_t)r * H + n] * w[(size_t)r * M + b] + gc;
+            }
+        relu_grad(gh, H, t->h + b * KBH + kr * H, H, rows, H);
+        mm_nn(gh, H, wt_of(t, k, 2 + M + b), H, ga2, H, rows, H);
+        relu_grad(ga2, H, t->a2 + b * KBH + kr * H, H, rows, H);
+        float *gz = t->g_z[b] + kr * H;
+        mm_nn(ga2, H, wt_of(t, k, 2 + 2 * M + b), H, gz, H, rows, H);
+        relu_grad(gz, H, t->a1 + b * KBH + kr * H, H, rows, H);
+    }
+}
+
+/* a head's gradients when no gradient reached its output */
+static void zero_grads(float *dW, float *db, int D, int N) {
+    memset(dW, 0, sizeof(float) * (size_t)D * N);
+    memset(db, 0, sizeof(float) * (size_t)N);
+}
+
+/* the weight and bias gradients of one layer of model k (job: 0 emotion head, 1 valence head, 2 fc_att, 3-5 the
+   attention MLP's layers 3, 2, 1, then W3_b and W2_b per branch), summed over all B rows in order */
+static void weight_job(const trunk_t *t, int k, int job) {
+    const int B = t->B, M = t->M, H = t->H, MH = M * H, C = t->C, V = t->V;
+    const size_t KBH = (size_t)t->K * B * H, HH = (size_t)H * H, kb = (size_t)k * B;
+    if (job == 0 && C) {
+        if (t->g_emo) mm_tn(t->fused + kb * H, H, t->g_emo + kb * C, C, t->g_we + (size_t)k * H * C,
+                            t->g_be + (size_t)k * C, B, H, C);
+        else zero_grads(t->g_we + (size_t)k * H * C, t->g_be + (size_t)k * C, H, C);
+    } else if (job == 1 && V) {
+        if (t->g_val) mm_tn(t->fused + kb * H, H, t->g_val + kb * V, V, t->g_wv + (size_t)k * H * V,
+                            t->g_bv + (size_t)k * V, B, H, V);
+        else zero_grads(t->g_wv + (size_t)k * H * V, t->g_bv + (size_t)k * V, H, V);
+    } else if (job == 2) {
+        mm_tn(t->u3 + kb * H, H, t->g_s + kb * M, M, t->g_wf + (size_t)k * H * M, t->g_bf + (size_t)k * M, B, H, M);
+    } else if (job == 3) {
+        mm_tn(t->u2 + kb * H, H, t->g_u3 + kb * H, H, t->g_wa3 + k * HH, t->g_ba3 + (size_t)k * H, B, H, H);
+    } else if (job == 4) {
+        mm_tn(t->u1 + kb * H, H, t->g_u2 + kb * H, H, t->g_wa2 + k * HH, t->g_ba2 + (size_t)k * H, B, H, H);
+    } else if (job == 5) {
+        mm_tn(t->cat + kb * MH, MH, t->g_u1 + kb * H, H, t->g_wa1 + (size_t)k * MH * H, t->g_ba1 + (size_t)k * H,
+              B, MH, H);
+    } else if (job >= 6 && job < 6 + M) {
+        int b = job - 6;
+        mm_tn(t->a2 + b * KBH + kb * H, H, t->g_h + b * KBH + kb * H, H, t->g_w3[b] + k * HH,
+              t->g_b3[b] + (size_t)k * H, B, H, H);
+    } else if (job >= 6 + M) {
+        int b = job - 6 - M;
+        mm_tn(t->a1 + b * KBH + kb * H, H, t->g_a2 + b * KBH + kb * H, H, t->g_w2[b] + k * HH,
+              t->g_b2[b] + (size_t)k * H, B, H, H);
+    }
+}
+
+void trunk_backward(const trunk_t *t) {
+    const int K = t->K, M = t->M, J = 6 + 2 * M;
+    int rt = rows_per_task(K, t->B, t->threads), nr = (t->B + rt - 1) / rt;
+    #pragma omp parallel num_threads(t->threads)
+    {
+        #pragma omp for schedule(static)
+        for (int task = 0; task < K * nr; task++) {
+            int k = task / nr, r0 = task % nr * rt;
+            backward_rows(t, k, r0, r0 + rt < t->B ? rt : t->B - r0);
+        }
+        #pragma omp for schedule(dynamic)
+        for (int task = 0; task < K * J; task++) weight_job(t, task / J, task % J);
+    }
+}
