@@ -174,21 +174,26 @@ def test_run_experiment_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPa
     p = Protocol(epochs=2, batch_size=16, hidden=64, lr=1e-3)
     calls, forwards = [], []
     real, real_forward = native.wgrad_adam_, native.data_forward
-    monkeypatch.setattr(native, "wgrad_adam_", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k)))
+    monkeypatch.setattr(native, "wgrad_adam_", lambda *a, **k: (calls.append((a[2].shape, k.get("x_next") is not None)),
+                                                                 real(*a, **k))[1])
     monkeypatch.setattr(native, "data_forward", lambda *a, **k: (forwards.append(a[1].shape), real_forward(*a, **k))[1])
     trunks = []
     real_trunk = native_trunk.AttentionTrunk.apply
     monkeypatch.setattr(native_trunk.AttentionTrunk, "apply", lambda *a: (trunks.append(a[0]), real_trunk(*a))[1])
     with_kernel = run_experiment(fs, "attention", p)
-    assert calls and {tuple(s) for s in calls} == {(5, 20, 64), (5, 140, 64)}
-    assert len(forwards) == len(calls) and {tuple(s) for s in forwards} == {(5, 20, 64), (5, 140, 64)}
+    assert calls and {tuple(s) for s, _ in calls} == {(5, 20, 64), (5, 140, 64)}
+    assert {tuple(s) for s in forwards} == {(5, 20, 64), (5, 140, 64)}
+    # one product a data layer a step: the first step's of an epoch from data_forward, the others made by the
+    # previous step's Adam pass (prefetch)
+    ahead = sum(nxt for _, nxt in calls)
+    assert len(forwards) == 2 * p.epochs and ahead == len(calls) - len(forwards)      # two layers, one group
     assert len(trunks) == len(calls) // 2 and {d[:4] for d in trunks} == {(5, 16, 2, 64)}   # one a step
     try:
         monkeypatch.setenv("FEATSTORE_NATIVE", "0")
         native.reset()
-        n = len(calls)
+        counts = len(calls), len(forwards), len(trunks)
         without = run_experiment(fs, "attention", p)
-        assert len(calls) == n and len(forwards) == n and len(trunks) == n // 2
+        assert (len(calls), len(forwards), len(trunks)) == counts
     finally:
         monkeypatch.delenv("FEATSTORE_NATIVE")
         native.reset()
@@ -300,3 +305,66 @@ def test_dropout_kernel_refuses_what_does_not_fit() -> None:
         native.dropout_apply(None, raw, bits.long(), thr, None, torch.empty(2, 4, 8))
     with pytest.raises(ValueError, match="contiguous float32"):
         native.dropout_apply(None, raw, bits, thr, None, torch.empty(2, 4, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("K,B,D,H,shared", [(3, 32, 512, 128, False), (2, 37, 131, 80, False), (3, 16, 96, 64, True)])
+def test_adam_pass_makes_the_next_steps_product(K: int, B: int, D: int, H: int, shared: bool) -> None:
+    """wgrad_adam_(..., x_next=) takes the same Adam step and returns x_next @ W on the updated weights (what
+    data_forward gives after the step, to float32 rounding: the sum over D comes in two partial sums)."""
+    gen = torch.Generator().manual_seed(D)
+    x = torch.randn(B, D, generator=gen) if shared else torch.randn(K, B, D, generator=gen)
+    xn = torch.randn(B, D, generator=gen) if shared else torch.randn(K, B, D, generator=gen)
+    g = torch.randn(K, B, H, generator=gen) * 1e-2
+    w0 = torch.randn(K, D, H, generator=gen) * 0.05
+    active = [True, False, True][:K]
+    hyper = ([1e-3, 3e-4, 1e-2][:K], [1e-5, 0.0, 1e-3][:K], [2, 0, 5][:K], active, (0.9, 0.999), 1e-8)
+    a = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
+    b = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
+    z = native.wgrad_adam_(x, g, *a, *hyper, x_next=xn)
+    assert native.wgrad_adam_(x, g, *b, *hyper) is None
+    assert all(torch.equal(s, t) for s, t in zip(a, b))          # the same Adam step, bit for bit
+    ref = native.data_forward(xn, b[0], None)
+    assert z is not None and z.shape == (K, B, H)
+    assert float((z - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    if K > 1:   # the idle model kept its weights, and its product is made with them
+        assert torch.equal(a[0][1], w0[1]) and float((z[1] - (xn if shared else xn[1]) @ w0[1]).abs().max()) < 1e-4
+
+
+def test_prefetched_steps_train_the_same_models(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """run_experiment hands each step's inputs to the model a step ahead (products from the Adam pass); without
+    that it trains the same models, to float32 rounding."""
+    from trainer.data import load_features
+    from trainer.fit import run_experiment
+    from trainer.models.base import BatchedModel
+    from trainer.protocol import Protocol
+    from trainer.synthetic import make_store
+
+    make_store(tmp_path / "s.zarr", n_train=160, n_test=40, dims={"a": ("audio", 20), "t": ("text", 140)},
+               signal=1.0, seed=4)
+    fs = load_features(tmp_path / "s.zarr", "synth", audio=["a"], text=["t"])
+    p = Protocol(epochs=2, batch_size=16, hidden=32, lr=1e-3)
+    taken = []
+    real = BatchedModel.prefetch
+    monkeypatch.setattr(BatchedModel, "prefetch", lambda self, *a: (taken.append(real(self, *a)), taken[-1])[1])
+    ahead = run_experiment(fs, "attention", p)
+    assert taken and all(taken)
+    monkeypatch.setattr(BatchedModel, "prefetch", lambda self, *a: False)
+    plain = run_experiment(fs, "attention", p)
+    for key, out in ahead.test_outputs.items():
+        assert np.abs(out.emotion - plain.test_outputs[key].emotion).max() < 1e-4
+
+
+def test_prefetch_applies_where_the_draws_allow_it() -> None:
+    x, other = inputs(2, 8), inputs(2, 8)
+    m = build_model("attention", spec(K=2, hidden=16)).train()
+    assert not m.prefetch(x, None)                    # outside the trainer (no deferred data layers)
+    m.defer_data_grads = True
+    assert m.prefetch(x, None)
+    m.opt = BatchedAdam(list(m.parameters()), [1e-3] * 2, [0.0] * 2)
+    m(x)["emotion"].sum().backward()                 # this step: no product made yet
+    m.opt.step()                                      # makes the next step's products...
+    with pytest.raises(RuntimeError, match="prefetched for another input"):
+        m(other)                                      # ...which a different input may not take
+    tfn = build_model("tfn", spec(K=2, hidden=16)).train()
+    tfn.defer_data_grads = True
+    assert not tfn.prefetch(x, None)                 # its forward draws in another order

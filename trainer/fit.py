@@ -447,6 +447,7 @@ class _GroupTrainer:
         steps_t = torch.tensor(steps)
         vw = float(self.p.valence_weight)
         self.model.train()
+        ahead: dict[str, torch.Tensor] | None = None    # this step's inputs, handed to the model a step ahead
         for s in range(S):
             active = (steps_t > s)
             all_active = bool(active.all())
@@ -457,7 +458,8 @@ class _GroupTrainer:
                 self.opt.lr = [lr * self.p.lr_factor((self.epoch * n + s) / max(1, E * n)) if n else lr
                                for lr, n in zip(self.base_lr, self._full_steps)]
             flat = idx[:, s].reshape(-1)
-            inputs = self._gather(flat, B, test=False, tag="train")
+            # two sets of input buffers, by step parity: a step's inputs stay intact until its optimiser step
+            inputs = ahead if ahead is not None else self._gather(flat, B, test=False, tag=f"train{s % 2}")
             with self.train_autocast:
                 out = self.model(inputs)
             loss = None
@@ -475,6 +477,12 @@ class _GroupTrainer:
                 loss = aux if loss is None else loss + aux
             self.opt.zero_grad()
             loss.backward()
+            ahead = None
+            if s + 1 < S:   # the next step's data-layer products come out of this step's Adam pass (native)
+                nxt = self._gather(idx[:, s + 1].reshape(-1), B, test=False, tag=f"train{(s + 1) % 2}")
+                act_next = steps_t > s + 1
+                if self.model.prefetch(nxt, None if bool(act_next.all()) else act_next.tolist()):
+                    ahead = nxt
             self.opt.step(None if all_active else active.tolist())
         self.model.active = None
         self.model.row_weight = None

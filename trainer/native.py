@@ -7,6 +7,8 @@ parameters. In PyTorch its step is three passes over memory: the weight gradient
 moments. `trainer/kernels/wgrad_adam.c` computes the gradient block by block and applies Adam to each block while
 it is still in registers: same arithmetic as torch's fused Adam (L2 weight decay, bias corrections), a different
 summation order for the gradient (float32 rounding differences of ~1e-7 relative), never a written gradient.
+Given the next training step's input (`x_next`, see models.base.BatchedModel.prefetch), the same pass also makes
+that step's forward product on the updated weights, so the weights are read once a step, not twice.
 `trainer/kernels/data_forward.c` computes the layer's forward product x[k] @ W[k] (with the dropout scale and the
 bias) in (model, rows, 64 columns) tiles spread evenly over the threads, where torch's bmm gives each of the K
 models to one thread (K = 5 on two threads: 3 + 2). `trainer/kernels/attention_trunk.c` runs the rest of the
@@ -41,6 +43,7 @@ import torch
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = (KERNELS / "wgrad_adam.c", KERNELS / "data_forward.c", KERNELS / "attention_trunk.c", KERNELS / "dropout.c")
+HEADERS = (KERNELS / "vec.h", KERNELS / "forward_tile.h")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 
 _lock = threading.Lock()
@@ -64,7 +67,7 @@ def _cache_dir() -> Path:
 
 
 def _compile(cc: str) -> Path:
-    parts = [*(s.read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
+    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
              torch.__version__.encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
     out = _cache_dir() / f"data_layer-{key}.so"
@@ -123,6 +126,10 @@ def _load() -> ctypes.CDLL | None:
         lib.wgrad_adam.restype = I
         lib.data_forward.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, I]
         lib.data_forward.restype = None
+        lib.wgrad_adam_next.argtypes = lib.wgrad_adam.argtypes[:-1] + [P, ctypes.c_longlong, P, I]
+        lib.wgrad_adam_next.restype = I
+        lib.scale_bias.argtypes = [P, P, P, I, I, I]
+        lib.scale_bias.restype = None
         lib.dropout_apply.argtypes = [P, ctypes.c_longlong, P, ctypes.c_longlong, P, P, P, P, I, ctypes.c_longlong, I]
         lib.dropout_apply.restype = None
         for f in (lib.trunk_forward, lib.trunk_backward):    # trainer.native_trunk
@@ -198,11 +205,13 @@ def _adam_hyper(lr: Sequence[float], weight_decay: Sequence[float], steps: Seque
 
 def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                 lr: Sequence[float], weight_decay: Sequence[float], steps: Sequence[int], active: Sequence[bool],
-                betas: tuple[float, float], eps: float) -> None:
+                betas: tuple[float, float], eps: float, x_next: torch.Tensor | None = None) -> torch.Tensor | None:
     """One Adam step of w [K, D, H] (in place, with its moments) on the gradient x[k]^T g[k] of every active model.
 
     x: [K, B, D] or [B, D] (rows shared by every model), float32, rows contiguous; g: [K, B, H]. steps[k]: the
-    number of steps model k has taken before this one. Same update as torch.optim.Adam(weight_decay=...)."""
+    number of steps model k has taken before this one. Same update as torch.optim.Adam(weight_decay=...).
+    x_next (the next training step's input, shaped as x): also returns x_next[k] @ w[k] on the updated weights,
+    made in the same pass over w, equal to `data_forward(x_next, w, None)` after the step."""
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the native kernels are not available: {_reason}")
@@ -218,11 +227,40 @@ def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torc
         raise ValueError(f"wgrad_adam_: x {tuple(x.shape)}, g {tuple(g.shape)} do not fit w {tuple(w.shape)}")
     b1, b2 = betas
     step_size, bc2_sqrt, wd, act = _adam_hyper(lr, weight_decay, steps, active, betas)
-    rc = lib.wgrad_adam(x.data_ptr(), int(x_stride), g.data_ptr(), w.data_ptr(), exp_avg.data_ptr(),
-                        exp_avg_sq.data_ptr(), K, B, D, H, step_size.data_ptr(), bc2_sqrt.data_ptr(), wd.data_ptr(),
-                        act.data_ptr(), 1.0 - b1, b2, 1.0 - b2, eps, torch.get_num_threads())
+    args = (x.data_ptr(), int(x_stride), g.data_ptr(), w.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), K, B,
+            D, H, step_size.data_ptr(), bc2_sqrt.data_ptr(), wd.data_ptr(), act.data_ptr(), 1.0 - b1, b2, 1.0 - b2, eps)
+    z_next = None
+    if x_next is None:
+        rc = lib.wgrad_adam(*args, torch.get_num_threads())
+    else:
+        if H % 16:
+            raise ValueError(f"wgrad_adam_: a next-step product needs a width that is a multiple of 16, got {H}")
+        xn, xn_stride = _rows(x_next, K, D)
+        if xn.shape[-2] != B:
+            raise ValueError(f"wgrad_adam_: x_next {tuple(x_next.shape)} does not fit x {tuple(x.shape)}")
+        z_next = torch.empty(K, B, H)
+        rc = lib.wgrad_adam_next(*args, xn.data_ptr(), int(xn_stride), z_next.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise MemoryError(f"wgrad_adam_: could not allocate {torch.get_num_threads()} x {64 * B * 4} bytes of scratch")
+    return z_next
+
+
+def scale_bias_(y: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+    """y[k] = y[k] * scale[k] + b[k] in place (y: a contiguous float32 [K, B, H]; b [K, 1, H]; scale [K, 1, 1]):
+    `data_forward`'s epilogue, for a product made by `wgrad_adam_(..., x_next=)`; the two together give
+    data_forward's numbers bit for bit."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    K, B, H = y.shape
+    if y.dtype != torch.float32 or not y.is_contiguous() or (b is not None and b.numel() != K * H) or \
+            (scale is not None and scale.numel() != K):
+        raise ValueError(f"scale_bias_: y {y.dtype} {tuple(y.shape)}, b, scale do not fit")
+    b = None if b is None else b.contiguous()
+    scale = None if scale is None else scale.contiguous()
+    lib.scale_bias(y.data_ptr(), None if b is None else b.data_ptr(), None if scale is None else scale.data_ptr(),
+                   K, B, H)
+    return y
 
 
 def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None = None,

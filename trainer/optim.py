@@ -7,7 +7,9 @@ tensors; models idle at a step (their epoch has fewer minibatches) are not touch
 
 A data layer's weight whose gradient the model deferred (`_deferred_grad` = (x, g), see models.base._DataLinear)
 takes its step from trainer.native: the gradient x^T g and the Adam update in one pass, every active model at
-once with its own lr, weight decay and step count; the same update as the path above, to float32 rounding.
+once with its own lr, weight decay and step count; the same update as the path above, to float32 rounding. When
+the trainer has handed the model the next step's input (`BatchedModel.prefetch`: `_next_input` on the weight),
+the same pass also makes the next step's forward product on the updated weight (`_next_product`).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ class BatchedAdam:
             pending = getattr(p, "_deferred_grad", None)
             if pending is not None:
                 p._deferred_grad = None  # type: ignore[attr-defined]
-                native.wgrad_adam_(pending[0], pending[1], p.data, self.exp_avg[i], self.exp_avg_sq[i], self.lr,
-                                   self.wd, self.steps, act, self.betas, self.eps)
+                nxt = getattr(p, "_next_input", None)    # (input, masked input) of the next step: its product too
+                z = native.wgrad_adam_(pending[0], pending[1], p.data, self.exp_avg[i], self.exp_avg_sq[i], self.lr,
+                                       self.wd, self.steps, act, self.betas, self.eps,
+                                       x_next=None if nxt is None else nxt[1])
+                if nxt is not None:
+                    p._next_input, p._next_product = None, (*nxt, z)  # type: ignore[attr-defined]
                 stepped.add(i)
         k = 0
         while k < self.K:

@@ -21,10 +21,7 @@
 #include <stddef.h>
 #include <string.h>
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-
-static inline v16 load16(const float *p) { v16 v; __builtin_memcpy(&v, p, 64); return v; }
-static inline void store16(float *p, v16 v) { __builtin_memcpy(p, &v, 64); }
+#include "vec.h"
 
 /* The layout trainer/native_trunk.py fills (ctypes.Structure of the same fields, in this order). [K, B, X]
    arrays are row-major; per-branch arrays are M pointers. */

@@ -21,14 +21,10 @@
 #include <omp.h>
 #endif
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-#define RB 64
+#include "forward_tile.h"
+#include "vec.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KEEP_IN_REGISTERS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
-#else
-#define KEEP_IN_REGISTERS(a, b, c, d) ((void)0)
-#endif
+#define RB 64
 
 struct adam { float beta1c, beta2, beta2c, eps, wd, step_size, bc2_sqrt; };
 
@@ -93,57 +89,131 @@ static inline void tile4x16(const float *xt, int r, int B, const float *gk, int 
     }
 }
 
+/* The Adam step of rows [r0, r0 + nr) x columns [h0, h1) of model k's W (global row row0 = k D + r0): the block's
+   x columns transposed into xt, then 4 x 64 tiles, 4 x 16 ones, and scalar loops for what is left. */
+static void adam_block(const float *xk, const float *gk, float *xt, int B, int D, int H, int r0, int nr, int h0,
+                       int h1, float *W, float *m, float *v, size_t row0, const struct adam *a) {
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < nr; r++) xt[(size_t)r * B + b] = xk[(size_t)b * D + r0 + r];
+    int r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        int h = h0;
+        for (; h + 64 <= h1; h += 64) tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a);
+        for (; h + 16 <= h1; h += 16) tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
+        for (int i = 0; i < 4; i++)
+            for (int hh = h; hh < h1; hh++) {
+                float s = 0.0f;
+                for (int b = 0; b < B; b++) s += xt[(size_t)(r + i) * B + b] * gk[(size_t)b * H + hh];
+                size_t off = (row0 + r + i) * H + hh;
+                adam_one(W + off, m + off, v + off, s, a);
+            }
+    }
+    for (; r < nr; r++)
+        for (int h = h0; h < h1; h++) {
+            float s = 0.0f;
+            for (int b = 0; b < B; b++) s += xt[(size_t)r * B + b] * gk[(size_t)b * H + h];
+            size_t off = (row0 + r) * H + h;
+            adam_one(W + off, m + off, v + off, s, a);
+        }
+}
+
+/* one scratch block of RB x B floats per thread (NULL when an allocation failed: nothing is updated then) */
+static float **alloc_scratch(int threads, int B) {
+    float **scratch = calloc((size_t)(threads > 0 ? threads : 1), sizeof(float *));
+    if (!scratch) return NULL;
+    for (int t = 0; t < threads; t++)
+        if (!(scratch[t] = malloc(sizeof(float) * RB * (size_t)B))) {
+            for (int u = 0; u <= t; u++) free(scratch[u]);
+            free(scratch);
+            return NULL;
+        }
+    return scratch;
+}
+
+static void free_scratch(float **scratch, int threads) {
+    for (int t = 0; t < threads; t++) free(scratch[t]);
+    free(scratch);
+}
+
+static inline float *thread_scratch(float **scratch) {
+#ifdef _OPENMP
+    return scratch[omp_get_thread_num()];
+#else
+    return scratch[0];
+#endif
+}
+
 /* 1 - beta1 and 1 - beta2 come from the caller (computed in double, as torch does: 1 - 0.999f in float is
    1.3e-5 off). Returns 0, or -1 when a scratch buffer could not be allocated (nothing is updated then). */
 int wgrad_adam(const float *x, long long x_model_stride, const float *g, float *W, float *m, float *v,
                int K, int B, int D, int H, const float *step_size, const float *bc2_sqrt, const float *wd,
                const unsigned char *active, float one_minus_beta1, float beta2, float one_minus_beta2,
                float eps, int threads) {
-    int nblk = (D + RB - 1) / RB, failed = 0;
-    float **scratch = calloc((size_t)(threads > 0 ? threads : 1), sizeof(float *));
+    int nblk = (D + RB - 1) / RB;
+    float **scratch = alloc_scratch(threads, B);
     if (!scratch) return -1;
-    for (int t = 0; t < threads; t++)
-        if (!(scratch[t] = malloc(sizeof(float) * RB * (size_t)B))) failed = 1;
-    if (!failed) {
-        #pragma omp parallel for schedule(static) num_threads(threads)
-        for (int task = 0; task < K * nblk; task++) {
-            int k = task / nblk, r0 = (task % nblk) * RB;
-            if (!active[k]) continue;
-#ifdef _OPENMP
-            float *xt = scratch[omp_get_thread_num()];
-#else
-            float *xt = scratch[0];
-#endif
-            int nr = (r0 + RB < D ? r0 + RB : D) - r0;
-            const float *xk = x + (size_t)k * (size_t)x_model_stride, *gk = g + (size_t)k * B * H;
-            struct adam a = {one_minus_beta1, beta2, one_minus_beta2, eps, wd[k], step_size[k], bc2_sqrt[k]};
-            size_t row0 = (size_t)k * D + r0;
-            for (int b = 0; b < B; b++)
-                for (int r = 0; r < nr; r++) xt[(size_t)r * B + b] = xk[(size_t)b * D + r0 + r];
-            int r = 0;
-            for (; r + 4 <= nr; r += 4) {
-                int h0 = 0;
-                for (; h0 + 64 <= H; h0 += 64) tile4x64(xt, r, B, gk, H, h0, W, m, v, row0, &a);
-                for (; h0 + 16 <= H; h0 += 16) tile4x16(xt, r, B, gk, H, h0, W, m, v, row0, &a);
-                for (int i = 0; i < 4; i++)
-                    for (int h = h0; h < H; h++) {
-                        float s = 0.0f;
-                        for (int b = 0; b < B; b++) s += xt[(size_t)(r + i) * B + b] * gk[(size_t)b * H + h];
-                        size_t off = (row0 + r + i) * H + h;
-                        adam_one(W + off, m + off, v + off, s, &a);
-                    }
-            }
-            for (; r < nr; r++)
-                for (int h = 0; h < H; h++) {
-                    float s = 0.0f;
-                    for (int b = 0; b < B; b++) s += xt[(size_t)r * B + b] * gk[(size_t)b * H + h];
-                    size_t off = (row0 + r) * H + h;
-                    adam_one(W + off, m + off, v + off, s, &a);
-                }
-        }
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int task = 0; task < K * nblk; task++) {
+        int k = task / nblk, r0 = (task % nblk) * RB;
+        if (!active[k]) continue;
+        int nr = (r0 + RB < D ? r0 + RB : D) - r0;
+        struct adam a = {one_minus_beta1, beta2, one_minus_beta2, eps, wd[k], step_size[k], bc2_sqrt[k]};
+        adam_block(x + (size_t)k * (size_t)x_model_stride, g + (size_t)k * B * H, thread_scratch(scratch), B, D, H,
+                   r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a);
     }
-    for (int t = 0; t < threads; t++) free(scratch[t]);
-    free(scratch);
-    return failed ? -1 : 0;
+    free_scratch(scratch, threads);
+    return 0;
 }
 
+/* wgrad_adam, then the next training step's forward product on the updated weights, in the same pass over W:
+
+       zn[k] = xn[k] @ W_new[k]        xn: the next step's (masked) input [B, D]; zn: [K, B, H], written
+
+   so that the next step's forward does not read W from memory again, and its FMAs run while Adam waits on memory.
+   Tasks are (model, one of NP ranges of rows) streaming whole rows of W, RB rows at a time: the block's Adam step
+   (as wgrad_adam; an idle model's W does not move), then the block's share of the product while it sits in L1,
+   into the range's partial sum (zp: NP x [K, B, H] scratch); zn is then the sum of the NP partials, in order.
+   NP is fixed, so the result depends neither on the thread count nor on the other models.
+   Returns 0, or -1 when scratch could not be allocated (nothing is updated then). */
+#define NP 2
+int wgrad_adam_next(const float *x, long long x_model_stride, const float *g, float *W, float *m, float *v,
+                    int K, int B, int D, int H, const float *step_size, const float *bc2_sqrt, const float *wd,
+                    const unsigned char *active, float one_minus_beta1, float beta2, float one_minus_beta2,
+                    float eps, const float *xn, long long xn_model_stride, float *zn, int threads) {
+    int nblk = (D + RB - 1) / RB, per = (nblk + NP - 1) / NP;
+    float **scratch = alloc_scratch(threads, B);
+    float *zp = malloc(sizeof(float) * NP * (size_t)K * B * H);
+    if (!scratch || !zp) {
+        if (scratch) free_scratch(scratch, threads);
+        free(zp);
+        return -1;
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp for schedule(static)
+        for (int task = 0; task < K * NP; task++) {
+            int k = task / NP, p = task % NP;
+            const float *xk = x + (size_t)k * (size_t)x_model_stride, *gk = g + (size_t)k * B * H;
+            const float *xnk = xn + (size_t)k * (size_t)xn_model_stride, *wk = W + (size_t)k * D * H;
+            float *zk = zp + ((size_t)p * K + k) * B * H, *xt = thread_scratch(scratch);
+            struct adam a = {one_minus_beta1, beta2, one_minus_beta2, eps, wd[k], step_size[k], bc2_sqrt[k]};
+            for (size_t i = 0; i < (size_t)B * H; i++) zk[i] = 0.0f;
+            for (int blk = p * per; blk < (p + 1) * per && blk < nblk; blk++) {
+                int r0 = blk * RB, nr = (r0 + RB < D ? r0 + RB : D) - r0;
+                if (active[k]) adam_block(xk, gk, xt, B, D, H, r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a);
+                for (int h0 = 0; h0 < H; h0 += 64)
+                    fwd_block(xnk, D, wk, H, zk, 0, B, h0, h0 + 64 < H ? h0 + 64 : H, r0, r0 + nr);
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int k = 0; k < K; k++)
+            for (size_t i = 0; i < (size_t)B * H; i++) {
+                float s = zp[(size_t)k * B * H + i];
+                for (int p = 1; p < NP; p++) s += zp[((size_t)p * K + k) * B * H + i];
+                zn[(size_t)k * B * H + i] = s;
+            }
+    }
+    free(zp);
+    free_scratch(scratch, threads);
+    return 0;
+}

@@ -27,6 +27,7 @@ from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
 
 @register("attention")
 class Attention(MLPEncoderMixin, BatchedModel):
+    prefetch_safe = True     # the branches' data masks come first, then the attention MLP's
     def __init__(self, spec: ModelSpec, softmax: bool = False) -> None:
         super().__init__(spec)
         self.softmax = bool(softmax)
@@ -57,6 +58,9 @@ class Attention(MLPEncoderMixin, BatchedModel):
             fused = fused + hiddens[i] * weights[..., i:i + 1]
         return self.run_heads(fused, attention=weights)
 
+    def data_inputs(self, inputs: dict[str, torch.Tensor]) -> list[tuple[str, list[torch.Tensor]]]:
+        return [(f"enc{i}_1", [inputs[p] for p in self.spec.branches[b]]) for i, b in enumerate(self.branch_names)]
+
     def _trunk_params(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in native_trunk.param_names(len(self.branch_names), self.spec.n_classes,
                                                                     self.spec.n_valence)]
@@ -69,8 +73,7 @@ class Attention(MLPEncoderMixin, BatchedModel):
 
     def _forward_native(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training forward with the trunk in one native call; the same outputs as `forward`'s layers."""
-        zs = [self.apply_data_linear(f"enc{i}_1", [inputs[p] for p in self.spec.branches[b]])
-              for i, b in enumerate(self.branch_names)]
+        zs = [self.apply_data_linear(name, xs) for name, xs in self.data_inputs(inputs)]
         K, B, H = zs[0].shape
         M, C, V = len(zs), self.spec.n_classes, self.spec.n_valence
         keep = None    # the attention MLP's dropout, drawn after the data layers' masks as drop() draws it

@@ -72,9 +72,11 @@ class _DataLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None,
                 grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-                defer: bool = False) -> torch.Tensor:  # type: ignore[override]
+                defer: bool = False, product: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
-            if defer:   # trainer.native: the product balanced over the threads, scale and bias applied
+            if product is not None:   # x @ w, made by the previous step's Adam pass (BatchedModel.prefetch)
+                out = native.scale_bias_(product, b, scale)
+            elif defer:   # trainer.native: the product balanced over the threads, scale and bias applied
                 out = native.data_forward(x, w, b, scale)
             else:
                 if low is None:
@@ -106,13 +108,16 @@ class _DataLinear(torch.autograd.Function):
         else:
             dw = ctx.low[2]
             ctx.grad_buf.copy_(torch.bmm(x.transpose(1, 2), g.to(dw.dtype), out=dw))
-        return None, None, gb, None, None, None, None
+        return None, None, gb, None, None, None, None, None
 
 
 class BatchedModel(nn.Module):
     """K independent models in one module. Subclasses build layers with `linear()` and drop with `drop()`."""
 
     name = "base"
+    # True where forward draws every data layer's dropout mask before any other random number, in the order of
+    # `data_inputs`: the next step's masks can then be drawn early (`prefetch`) without changing any draw
+    prefetch_safe = False
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -199,32 +204,73 @@ class BatchedModel(nn.Module):
         """The first layer of an encoder over data inputs, input dropout included (masks drawn per part)."""
         if not (self.training and torch.is_grad_enabled()):
             return self.apply_linear(name, xs)   # evaluation: no dropout, plain (possibly shared) matmul
-        xs = [x.expand(self.K, *x.shape) if x.dim() == 2 else x for x in xs]   # rows shared by every model
-        b = getattr(self, f"{name}_b")
+        b = getattr(self, f"{name}_b")     # (rows [n, D] shared by every model are expanded to K below)
         scale = self._scale if any(self._p) else None
         dev = xs[0].device.type
         low_dt = self.data_dtype or (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
         out: torch.Tensor | None = None
         for i, x in enumerate(xs):
             w = getattr(self, f"{name}_w{i}")
-            low = None
-            if low_dt is not None:   # bf16 copies of x and W, and the bf16 dW, in reused buffers
-                low = (self._buffer(f"{name}_xlow{i}", tuple(x.shape), low_dt),
-                       self._buffer(f"{name}_wlow{i}", tuple(w.shape), low_dt),
-                       self._buffer(f"{name}_dwlow{i}", tuple(w.shape), low_dt))
-            if scale is not None:
-                if low is not None and max(self._bits) <= 8:
-                    # masked in the low dtype (draws of <= 8 bits are exact there): the copy, then a half-width
-                    # product, instead of a float32 product and the copy of its result
-                    x = low[0].copy_(x).mul_(self.keep_mask(x.shape[1], x.shape[2], tag="mask_low", dtype=low_dt))
-                else:
-                    x = self.dropped(x, x.shape[1], x.shape[2], self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
             zero_b = b if out is None else torch.zeros_like(b)
-            defer = self.defer_data_grads and low is None and native.usable(w)
-            y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low, defer)
+            ready = getattr(w, "_next_product", None)    # this step's masked input and product, made in advance
+            if ready is not None:
+                w._next_product = None  # type: ignore[attr-defined]
+                if ready[0] is not x:
+                    raise RuntimeError(f"{type(self).__name__}: layer '{name}' was prefetched for another input "
+                                       f"than this step's (prefetch() must get the inputs the next forward gets)")
+                y = _DataLinear.apply(ready[1], w, zero_b, scale, w.grad, None, True, ready[2])
+            else:
+                x = x.expand(self.K, *x.shape) if x.dim() == 2 else x
+                low = None
+                if low_dt is not None:   # bf16 copies of x and W, and the bf16 dW, in reused buffers
+                    low = (self._buffer(f"{name}_xlow{i}", tuple(x.shape), low_dt),
+                           self._buffer(f"{name}_wlow{i}", tuple(w.shape), low_dt),
+                           self._buffer(f"{name}_dwlow{i}", tuple(w.shape), low_dt))
+                if scale is not None:
+                    if low is not None and max(self._bits) <= 8:
+                        # masked in the low dtype (draws of <= 8 bits are exact there): the copy, then a
+                        # half-width product, instead of a float32 product and the copy of its result
+                        x = low[0].copy_(x).mul_(self.keep_mask(x.shape[1], x.shape[2], tag="mask_low", dtype=low_dt))
+                    else:
+                        x = self.dropped(x, x.shape[1], x.shape[2],
+                                         self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
+                defer = self.defer_data_grads and low is None and native.usable(w)
+                y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low, defer)
             out = y if out is None else out + y
         assert out is not None
         return out
+
+    def data_inputs(self, inputs: dict[str, torch.Tensor]) -> list[tuple[str, list[torch.Tensor]]]:
+        """(data layer, its input parts) in the order forward applies them: what `prefetch` prepares. A model with
+        `prefetch_safe` defines it."""
+        raise NotImplementedError
+
+    def prefetch(self, inputs: dict[str, torch.Tensor], active: Sequence[bool] | None) -> bool:
+        """Hand the next training step's inputs (and its active models) to the data layers now, between this
+        step's backward and its optimiser step: their dropout masks are drawn and applied here, and BatchedAdam's
+        native pass makes their forward products on the updated weights (trainer.native, `x_next`), so the next
+        forward reads each weight once less. The next forward must get these same input tensors. Returns False
+        (and draws nothing) where it does not apply: a model whose forward draws other random numbers first, the
+        bf16 path, weights the kernels do not take."""
+        if not (self.prefetch_safe and self.training and self.defer_data_grads and self.data_dtype is None):
+            return False
+        layers = self.data_inputs(inputs)
+        if not all(native.usable(getattr(self, f"{name}_w{i}")) and x.dtype == torch.float32
+                   for name, xs in layers for i, x in enumerate(xs)):
+            return False
+        before, self.active = self.active, None if active is None else list(active)
+        flip = self._prefetch_flip = 1 - getattr(self, "_prefetch_flip", 0)   # this step's inputs stay intact
+        try:
+            for name, xs in layers:
+                for i, x in enumerate(xs):
+                    full = x.expand(self.K, *x.shape) if x.dim() == 2 else x
+                    masked = full if not any(self._p) else self.dropped(
+                        full, full.shape[1], full.shape[2], self._buffer(f"{name}_xnext{i}_{flip}", tuple(full.shape),
+                                                                         torch.float32))
+                    getattr(self, f"{name}_w{i}")._next_input = (x, masked)
+        finally:
+            self.active = before
+        return True
 
     # ------------------------------------------------------------------ dropout
     def _buffer(self, tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -15,11 +15,15 @@ from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
 
 @register("mlp")
 class MLP(MLPEncoderMixin, BatchedModel):
+    prefetch_safe = True     # one data layer, and no other dropout
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.parts = [p for parts in spec.branches.values() for p in parts]
         self.mlp_encoder("enc0", [spec.dims[p] for p in self.parts], spec.hidden)
         self.output_heads(spec.hidden)
+
+    def data_inputs(self, inputs: dict[str, torch.Tensor]) -> list[tuple[str, list[torch.Tensor]]]:
+        return [("enc0_1", [inputs[p] for p in self.parts])]
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
