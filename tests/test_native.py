@@ -359,10 +359,11 @@ def test_prefetch_applies_where_the_draws_allow_it() -> None:
     m = build_model("attention", spec(K=2, hidden=16)).train()
     assert not m.prefetch(x, None)                    # outside the trainer (no deferred data layers)
     m.defer_data_grads = True
+    opt = BatchedAdam(list(m.parameters()), [1e-3] * 2, [0.0] * 2)
+    assert m.prefetch(x, None)                       # masks drawn now, the product made by the forward
+    m(x)["emotion"].sum().backward()
     assert m.prefetch(x, None)
-    m.opt = BatchedAdam(list(m.parameters()), [1e-3] * 2, [0.0] * 2)
-    m(x)["emotion"].sum().backward()                 # this step: no product made yet
-    m.opt.step()                                      # makes the next step's products...
+    opt.step()                                        # makes the next step's products...
     with pytest.raises(RuntimeError, match="prefetched for another input"):
         m(other)                                      # ...which a different input may not take
     tfn = build_model("tfn", spec(K=2, hidden=16)).train()

@@ -28,6 +28,7 @@ from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
 @register("attention")
 class Attention(MLPEncoderMixin, BatchedModel):
     prefetch_safe = True     # the branches' data masks come first, then the attention MLP's
+
     def __init__(self, spec: ModelSpec, softmax: bool = False) -> None:
         super().__init__(spec)
         self.softmax = bool(softmax)

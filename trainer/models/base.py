@@ -212,13 +212,15 @@ class BatchedModel(nn.Module):
         for i, x in enumerate(xs):
             w = getattr(self, f"{name}_w{i}")
             zero_b = b if out is None else torch.zeros_like(b)
-            ready = getattr(w, "_next_product", None)    # this step's masked input and product, made in advance
+            # prefetched: this step's masked input (its masks drawn a step early), and its product when the last Adam
+            # pass made it
+            ready = getattr(w, "_next_product", None) or getattr(w, "_next_input", None)
             if ready is not None:
-                w._next_product = None  # type: ignore[attr-defined]
+                w._next_product = w._next_input = None  # type: ignore[attr-defined]
                 if ready[0] is not x:
                     raise RuntimeError(f"{type(self).__name__}: layer '{name}' was prefetched for another input "
                                        f"than this step's (prefetch() must get the inputs the next forward gets)")
-                y = _DataLinear.apply(ready[1], w, zero_b, scale, w.grad, None, True, ready[2])
+                y = _DataLinear.apply(ready[1], w, zero_b, scale, w.grad, None, True, *ready[2:])
             else:
                 x = x.expand(self.K, *x.shape) if x.dim() == 2 else x
                 low = None

@@ -16,6 +16,7 @@ from trainer.models.base import BatchedModel, MLPEncoderMixin, ModelSpec
 @register("mlp")
 class MLP(MLPEncoderMixin, BatchedModel):
     prefetch_safe = True     # one data layer, and no other dropout
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.parts = [p for parts in spec.branches.values() for p in parts]
