@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "vec.h"
+#include "forward_tile.h"
 
 /* The layout trainer/native_trunk.py fills (ctypes.Structure of the same fields, in this order). [K, B, X]
    arrays are row-major; per-branch arrays are M pointers. */
@@ -66,31 +66,8 @@ static void mm_nn(const float *X, int ldx, const float *W, int N, float *Y, int 
         const float *x0 = X + (size_t)r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
         float *y0 = Y + (size_t)r * ldy, *y1 = y0 + ldy, *y2 = y1 + ldy, *y3 = y2 + ldy;
         int n = 0;
-        for (; n + 64 <= N; n += 64) {
-            v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
-            v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
-            for (int d = 0; d < D; d++) {
-                const float *wd = W + (size_t)d * N + n;
-                v16 w0 = load16(wd), w1 = load16(wd + 16), w2 = load16(wd + 32), w3 = load16(wd + 48);
-                float s0 = x0[d], s1 = x1[d], s2 = x2[d], s3 = x3[d];
-                a00 += s0 * w0; a01 += s0 * w1; a02 += s0 * w2; a03 += s0 * w3;
-                a10 += s1 * w0; a11 += s1 * w1; a12 += s1 * w2; a13 += s1 * w3;
-                a20 += s2 * w0; a21 += s2 * w1; a22 += s2 * w2; a23 += s2 * w3;
-                a30 += s3 * w0; a31 += s3 * w1; a32 += s3 * w2; a33 += s3 * w3;
-            }
-            store16(y0 + n, a00); store16(y0 + n + 16, a01); store16(y0 + n + 32, a02); store16(y0 + n + 48, a03);
-            store16(y1 + n, a10); store16(y1 + n + 16, a11); store16(y1 + n + 32, a12); store16(y1 + n + 48, a13);
-            store16(y2 + n, a20); store16(y2 + n + 16, a21); store16(y2 + n + 32, a22); store16(y2 + n + 48, a23);
-            store16(y3 + n, a30); store16(y3 + n + 16, a31); store16(y3 + n + 32, a32); store16(y3 + n + 48, a33);
-        }
-        for (; n < N; n += 16) {
-            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (int d = 0; d < D; d++) {
-                v16 w0 = load16(W + (size_t)d * N + n);
-                a0 += x0[d] * w0; a1 += x1[d] * w0; a2 += x2[d] * w0; a3 += x3[d] * w0;
-            }
-            store16(y0 + n, a0); store16(y1 + n, a1); store16(y2 + n, a2); store16(y3 + n, a3);
-        }
+        for (; n + 64 <= N; n += 64) tile4x64(x0, x1, x2, x3, 1, W + n, N, D, y0 + n, y1 + n, y2 + n, y3 + n, 0);
+        for (; n < N; n += 16) tile4x16(x0, x1, x2, x3, 1, W + n, N, D, y0 + n, y1 + n, y2 + n, y3 + n, 0);
     }
     for (; r < rows; r++) {
         const float *x0 = X + (size_t)r * ldx;
@@ -151,33 +128,12 @@ static void mm_tn(const float *X, int ldx, const float *G, int ldg, float *dW, f
         int d = 0;
         for (; d + 4 <= D; d += 4) {
             float *w0 = dW + (size_t)d * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+            const float *x = X + d;
             int n = 0;
-            for (; n + 64 <= N; n += 64) {
-                v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
-                v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
-                for (int r = 0; r < rows; r++) {
-                    const float *x = X + (size_t)r * ldx + d, *g = G + (size_t)r * ldg + n;
-                    v16 g0 = load16(g), g1 = load16(g + 16), g2 = load16(g + 32), g3 = load16(g + 48);
-                    float s0 = x[0], s1 = x[1], s2 = x[2], s3 = x[3];
-                    a00 += s0 * g0; a01 += s0 * g1; a02 += s0 * g2; a03 += s0 * g3;
-                    a10 += s1 * g0; a11 += s1 * g1; a12 += s1 * g2; a13 += s1 * g3;
-                    a20 += s2 * g0; a21 += s2 * g1; a22 += s2 * g2; a23 += s2 * g3;
-                    a30 += s3 * g0; a31 += s3 * g1; a32 += s3 * g2; a33 += s3 * g3;
-                }
-                store16(w0 + n, a00); store16(w0 + n + 16, a01); store16(w0 + n + 32, a02); store16(w0 + n + 48, a03);
-                store16(w1 + n, a10); store16(w1 + n + 16, a11); store16(w1 + n + 32, a12); store16(w1 + n + 48, a13);
-                store16(w2 + n, a20); store16(w2 + n + 16, a21); store16(w2 + n + 32, a22); store16(w2 + n + 48, a23);
-                store16(w3 + n, a30); store16(w3 + n + 16, a31); store16(w3 + n + 32, a32); store16(w3 + n + 48, a33);
-            }
-            for (; n < N; n += 16) {
-                v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                for (int r = 0; r < rows; r++) {
-                    const float *x = X + (size_t)r * ldx + d;
-                    v16 g = load16(G + (size_t)r * ldg + n);
-                    a0 += x[0] * g; a1 += x[1] * g; a2 += x[2] * g; a3 += x[3] * g;
-                }
-                store16(w0 + n, a0); store16(w1 + n, a1); store16(w2 + n, a2); store16(w3 + n, a3);
-            }
+            for (; n + 64 <= N; n += 64)
+                tile4x64(x, x + 1, x + 2, x + 3, ldx, G + n, ldg, rows, w0 + n, w1 + n, w2 + n, w3 + n, 0);
+            for (; n < N; n += 16)
+                tile4x16(x, x + 1, x + 2, x + 3, ldx, G + n, ldg, rows, w0 + n, w1 + n, w2 + n, w3 + n, 0);
         }
     } else {    /* a narrow N: 16 rows of dW at a time, each column n summed over the rows in a vector */
         int d = 0;

@@ -1,24 +1,28 @@
-/* The register tiles of a forward product y[k] += x[k] @ W[k] over a range of W's rows (data_forward.c, and
-   wgrad_adam.c's next-step product), and the epilogue y * scale + b they share. */
+/* The register tiles of the kernels' products (data_forward.c, wgrad_adam.c's next-step product, the attention
+   trunk's layers), a forward product's block over a range of W's rows, and the epilogue y * scale + b. */
 #ifndef FEATSTORE_FORWARD_TILE_H
 #define FEATSTORE_FORWARD_TILE_H
 #include <stddef.h>
 #include "vec.h"
 
-/* y rows [r, r + 4) x columns [h0, h0 + 64) += x rows [r, r + 4) x W rows [d0, d1) */
-static inline void fwd_tile4x64(const float *xk, int D, const float *wk, int ws, float *yk, int r, int h0, int d0,
-                                int d1, int H) {
-    float *y0 = yk + (size_t)r * H + h0, *y1 = y0 + H, *y2 = y1 + H, *y3 = y2 + H;
-    v16 a00 = load16(y0), a01 = load16(y0 + 16), a02 = load16(y0 + 32), a03 = load16(y0 + 48);
-    v16 a10 = load16(y1), a11 = load16(y1 + 16), a12 = load16(y1 + 32), a13 = load16(y1 + 48);
-    v16 a20 = load16(y2), a21 = load16(y2 + 16), a22 = load16(y2 + 32), a23 = load16(y2 + 48);
-    v16 a30 = load16(y3), a31 = load16(y3 + 16), a32 = load16(y3 + 32), a33 = load16(y3 + 48);
-    const float *x0 = xk + (size_t)r * D, *x1 = x0 + D, *x2 = x1 + D, *x3 = x2 + D;
-    for (int d = d0; d < d1; d++) {
-        const float *wd = wk + (size_t)d * ws;
-        v16 w0 = load16(wd), w1 = load16(wd + 16), w2 = load16(wd + 32), w3 = load16(wd + 48);
+/* Four rows of a product in registers: y_j[0:64] (+)= sum_i a_j[i sa] b[i ldb + 0:64] for j = 0..3, i < steps
+   (add = 0: y is overwritten). With a_j = rows of x (sa = 1) and b = rows of W it is a forward product's tile;
+   with a_j = columns of x (sa = row stride) and b = rows of an output gradient, a weight gradient's. */
+static inline void tile4x64(const float *a0, const float *a1, const float *a2, const float *a3, size_t sa,
+                            const float *b, size_t ldb, int steps, float *y0, float *y1, float *y2, float *y3,
+                            int add) {
+    v16 z = {0};
+    v16 a00 = add ? load16(y0) : z, a01 = add ? load16(y0 + 16) : z, a02 = add ? load16(y0 + 32) : z;
+    v16 a03 = add ? load16(y0 + 48) : z, a10 = add ? load16(y1) : z, a11 = add ? load16(y1 + 16) : z;
+    v16 a12 = add ? load16(y1 + 32) : z, a13 = add ? load16(y1 + 48) : z, a20 = add ? load16(y2) : z;
+    v16 a21 = add ? load16(y2 + 16) : z, a22 = add ? load16(y2 + 32) : z, a23 = add ? load16(y2 + 48) : z;
+    v16 a30 = add ? load16(y3) : z, a31 = add ? load16(y3 + 16) : z, a32 = add ? load16(y3 + 32) : z;
+    v16 a33 = add ? load16(y3 + 48) : z;
+    for (int i = 0; i < steps; i++) {
+        const float *bi = b + (size_t)i * ldb;
+        v16 w0 = load16(bi), w1 = load16(bi + 16), w2 = load16(bi + 32), w3 = load16(bi + 48);
         KEEP_IN_REGISTERS(w0, w1, w2, w3);
-        float s0 = x0[d], s1 = x1[d], s2 = x2[d], s3 = x3[d];
+        float s0 = a0[i * sa], s1 = a1[i * sa], s2 = a2[i * sa], s3 = a3[i * sa];
         a00 += s0 * w0; a01 += s0 * w1; a02 += s0 * w2; a03 += s0 * w3;
         a10 += s1 * w0; a11 += s1 * w1; a12 += s1 * w2; a13 += s1 * w3;
         a20 += s2 * w0; a21 += s2 * w1; a22 += s2 * w2; a23 += s2 * w3;
@@ -30,17 +34,17 @@ static inline void fwd_tile4x64(const float *xk, int D, const float *wk, int ws,
     store16(y3, a30); store16(y3 + 16, a31); store16(y3 + 32, a32); store16(y3 + 48, a33);
 }
 
-/* y rows [r, r + 4) x columns [h0, h0 + 16) += ...: the columns past the last 64 (H = 80, 96, 112, ...) */
-static inline void fwd_tile4x16(const float *xk, int D, const float *wk, int H, float *yk, int r, int h0, int d0,
-                                int d1) {
-    float *y0 = yk + (size_t)r * H + h0, *y1 = y0 + H, *y2 = y1 + H, *y3 = y2 + H;
-    v16 a0 = load16(y0), a1 = load16(y1), a2 = load16(y2), a3 = load16(y3);
-    const float *x0 = xk + (size_t)r * D, *x1 = x0 + D, *x2 = x1 + D, *x3 = x2 + D;
-    for (int d = d0; d < d1; d++) {
-        v16 w0 = load16(wk + (size_t)d * H + h0);
-        a0 += x0[d] * w0; a1 += x1[d] * w0; a2 += x2[d] * w0; a3 += x3[d] * w0;
+/* the same, 16 columns wide: the columns past the last 64 (widths 80, 96, 112, ...) */
+static inline void tile4x16(const float *a0, const float *a1, const float *a2, const float *a3, size_t sa,
+                            const float *b, size_t ldb, int steps, float *y0, float *y1, float *y2, float *y3,
+                            int add) {
+    v16 z = {0};
+    v16 c0 = add ? load16(y0) : z, c1 = add ? load16(y1) : z, c2 = add ? load16(y2) : z, c3 = add ? load16(y3) : z;
+    for (int i = 0; i < steps; i++) {
+        v16 w0 = load16(b + (size_t)i * ldb);
+        c0 += a0[i * sa] * w0; c1 += a1[i * sa] * w0; c2 += a2[i * sa] * w0; c3 += a3[i * sa] * w0;
     }
-    store16(y0, a0); store16(y1, a1); store16(y2, a2); store16(y3, a3);
+    store16(y0, c0); store16(y1, c1); store16(y2, c2); store16(y3, c3);
 }
 
 /* y rows [r0, r1) x columns [h0, h1) += x rows [r0, r1) x W rows [d0, d1): 4 x 64 tiles where h1 - h0 = 64, else
@@ -49,9 +53,13 @@ static inline void fwd_block(const float *xk, int D, const float *wk, int H, flo
                              int h1, int d0, int d1) {
     int r = r0;
     for (; r + 4 <= r1; r += 4) {
-        if (h1 - h0 == 64) fwd_tile4x64(xk, D, wk + h0, H, yk, r, h0, d0, d1, H);
+        const float *x0 = xk + (size_t)r * D + d0, *x1 = x0 + D, *x2 = x1 + D, *x3 = x2 + D;
+        float *y0 = yk + (size_t)r * H, *y1 = y0 + H, *y2 = y1 + H, *y3 = y2 + H;
+        const float *w = wk + (size_t)d0 * H;
+        if (h1 - h0 == 64) tile4x64(x0, x1, x2, x3, 1, w + h0, H, d1 - d0, y0 + h0, y1 + h0, y2 + h0, y3 + h0, 1);
         else
-            for (int h = h0; h + 16 <= h1; h += 16) fwd_tile4x16(xk, D, wk, H, yk, r, h, d0, d1);
+            for (int h = h0; h + 16 <= h1; h += 16)
+                tile4x16(x0, x1, x2, x3, 1, w + h, H, d1 - d0, y0 + h, y1 + h, y2 + h, y3 + h, 1);
     }
     for (; r < r1; r++)
         for (int h = h0; h < h1; h++) {

@@ -9,8 +9,9 @@
    which is torch's fused Adam on the gradient x[k]^T g[k], without writing dW to memory and reading it back.
 
    Blocks of RB rows of one model are the parallel tasks (OpenMP); every element is computed by one thread in one
-   order, so the result does not depend on the thread count. Inside a block, four rows x 64 columns of dW are accumulated in sixteen 16-float vectors while the
-   block's x columns sit transposed in a per-thread scratch buffer; the Adam update then runs on those vectors.
+   order, so the result does not depend on the thread count. Inside a block, four rows x 64 columns of dW are
+   accumulated in sixteen 16-float vectors while the block's x columns sit transposed in a per-thread scratch
+   buffer; the Adam update then runs on those vectors.
    Columns past the last 64 go four rows x 16 at a time; rows past the last four and columns past the last 16
    (trainer.native sends only H % 16 == 0) take a scalar loop.
    GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
@@ -48,7 +49,7 @@ static inline void adam_one(float *w, float *m, float *v, float dw, const struct
 }
 
 /* Rows [r, r + 4) x columns [h0, h0 + 64) of one block: xt holds the block's x transposed ([row][b]). */
-static inline void tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
+static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
                             float *v, size_t row0, const struct adam *a) {
     v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
@@ -73,7 +74,7 @@ static inline void tile4x64(const float *xt, int r, int B, const float *gk, int 
 }
 
 /* Rows [r, r + 4) x columns [h0, h0 + 16): the columns left after the 64-wide tiles (H = 80, 96, 112, ...). */
-static inline void tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
+static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
                             float *v, size_t row0, const struct adam *a) {
     v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     const float *x0 = xt + (size_t)r * B, *x1 = x0 + B, *x2 = x1 + B, *x3 = x2 + B;
@@ -98,8 +99,8 @@ static void adam_block(const float *xk, const float *gk, float *xt, int B, int D
     int r = 0;
     for (; r + 4 <= nr; r += 4) {
         int h = h0;
-        for (; h + 64 <= h1; h += 64) tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a);
-        for (; h + 16 <= h1; h += 16) tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
+        for (; h + 64 <= h1; h += 64) adam_tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a);
+        for (; h + 16 <= h1; h += 16) adam_tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
         for (int i = 0; i < 4; i++)
             for (int hh = h; hh < h1; hh++) {
                 float s = 0.0f;
