@@ -67,8 +67,8 @@ def _cache_dir() -> Path:
 
 
 def _compile(cc: str) -> Path:
-    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cc.encode(), _cpu_signature().encode(),
-             torch.__version__.encode()]
+    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cc.encode(),
+             _cpu_signature().encode(), torch.__version__.encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
     out = _cache_dir() / f"data_layer-{key}.so"
     if out.exists():

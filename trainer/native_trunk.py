@@ -2,13 +2,14 @@
 
 The trunk is everything of `models.attention` after the data layers' products: each branch's two hidden layers,
 the dropped concatenation, the attention MLP, the modality weights (softmax optional), their weighted sum and
-the heads. On [K, 32, 128] tensors PyTorch spends most of its ~3.7 ms a step (forward and backward, K = 5, three
-branches) dispatching ~80 small operators; the kernel does the same arithmetic in one parallel loop for the
-forward and three for the backward (~1 ms). It is used where trainer.native's other kernels are (float32 on a
+the heads. On [K, 32, 128] tensors PyTorch spends most of its 3.3-4.8 ms a step (forward and backward, K = 5,
+three branches) dispatching ~80 small operators; the kernel does the same arithmetic in two parallel loops for
+the forward and two for the backward (~1.5 ms, 1.6-2.4 ms with this module's Python and autograd; benchmarks/
+RESULTS.md). It is used where trainer.native's other kernels are (float32 on a
 CPU, in the trainer's training steps, hidden size a multiple of 16) and when no branch is masked; evaluation and
 every other case run the PyTorch layers, which give the same values to float32 rounding.
 
-`AttentionTrunk.apply(model, keep, *zs, *params)` is an autograd function: the data layers' outputs `zs` (before
+`AttentionTrunk.apply(dims, softmax, keep, *zs, *params)` is an autograd function: the data layers' outputs `zs` (before
 their ReLU) and the trunk's parameters in, (emotion logits, valence, modality weights, fused vector) out; its
 backward returns the gradient of every input, so the data layers and BatchedAdam see the usual autograd graph.
 """
@@ -127,7 +128,7 @@ class AttentionTrunk(torch.autograd.Function):
                  g_weights: torch.Tensor | None, g_fused: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         K, B, M, H, C, V = ctx.dims
         _, _, *inputs = ctx.saved_tensors      # (kept alive and checked for in-place changes by autograd)
-        zs, params = inputs[:M], inputs[M:M + len(param_names(M, C, V))]
+        params = inputs[M:M + len(param_names(M, C, V))]
         t = ctx.t
         grads_in = [None if g is None else g.float().contiguous() for g in (g_emo, g_val, g_weights, g_fused)]
         t.g_emo, t.g_val, t.g_weights, t.g_fused = (None if g is None else g.data_ptr() for g in grads_in)
