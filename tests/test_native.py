@@ -352,6 +352,11 @@ def test_prefetched_steps_train_the_same_models(monkeypatch: pytest.MonkeyPatch,
     plain = run_experiment(fs, "attention", p)
     for key, out in ahead.test_outputs.items():
         assert np.abs(out.emotion - plain.test_outputs[key].emotion).max() < 1e-4
+    # under bf16 autocast the data layers multiply in bf16 from each step's own inputs: nothing is prefetched
+    monkeypatch.setattr(BatchedModel, "prefetch", lambda self, *a: (taken.append("asked"), real(self, *a))[1])
+    n = len(taken)
+    run_experiment(fs, "attention", Protocol(epochs=1, batch_size=16, hidden=32, lr=1e-3, bf16=True))
+    assert len(taken) == n
 
 
 def test_prefetch_applies_where_the_draws_allow_it() -> None:

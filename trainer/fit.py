@@ -392,6 +392,9 @@ class _GroupTrainer:
         bf16 = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         self.autocast = bf16 if protocol.bf16 else contextlib.nullcontext()          # every forward pass
         self.train_autocast = bf16 if data_dtype is not None else self.autocast     # training steps only
+        # float32 training steps: each step's inputs may go to the model a step ahead (BatchedModel.prefetch);
+        # under autocast the data layers run in bf16 from this step's inputs instead
+        self.prefetch = data_dtype is None and not protocol.bf16
         self.model.data_dtype = data_dtype
         self.timings["setup"] += time.perf_counter() - t0
 
@@ -478,7 +481,7 @@ class _GroupTrainer:
             self.opt.zero_grad()
             loss.backward()
             ahead = None
-            if s + 1 < S:   # the next step's data-layer products come out of this step's Adam pass (native)
+            if self.prefetch and s + 1 < S:   # the next step's data-layer products come from this step's Adam pass
                 nxt = self._gather(idx[:, s + 1].reshape(-1), B, test=False, tag=f"train{(s + 1) % 2}")
                 act_next = steps_t > s + 1
                 if self.model.prefetch(nxt, None if bool(act_next.all()) else act_next.tolist()):
