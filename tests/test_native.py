@@ -153,7 +153,7 @@ def test_fallbacks_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
             native.data_forward(torch.zeros(2, 4, 8), w, None)
         monkeypatch.delenv("CC")
         native.reset()                                          # builds into the fresh cache
-        assert native.status() == "native" and len(list((tmp_path / "cache").glob("data_layer-*.so"))) == 1
+        assert native.status() == "native" and len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
         assert native.usable(w) and not native.usable(w.double()) and not native.usable(w.transpose(1, 2))
         assert not native.usable(torch.zeros(2, 8, 24))        # a width the vector tiles do not cover
     finally:

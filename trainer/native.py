@@ -70,7 +70,7 @@ def _compile(cc: str) -> Path:
     parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cc.encode(),
              _cpu_signature().encode(), torch.__version__.encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
-    out = _cache_dir() / f"data_layer-{key}.so"
+    out = _cache_dir() / f"kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,14 @@ def library() -> ctypes.CDLL | None:
     return _load()
 
 
+def _loaded() -> ctypes.CDLL:
+    """The kernels, for a call that needs them (RuntimeError saying why they are not available)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    return lib
+
+
 def reset() -> None:
     """Forget the loaded kernels and why not, so that the next use tries again (after changing CC or the
     FEATSTORE_NATIVE / FEATSTORE_KERNEL_CACHE variables)."""
@@ -212,9 +220,7 @@ def wgrad_adam_(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, exp_avg: torc
     number of steps model k has taken before this one. Same update as torch.optim.Adam(weight_decay=...).
     x_next (the next training step's input, shaped as x): also returns x_next[k] @ w[k] on the updated weights,
     made in the same pass over w, equal to `data_forward(x_next, w, None)` after the step."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    lib = _loaded()
     K, D, H = w.shape
     for t in (w, exp_avg, exp_avg_sq):
         if t.shape != w.shape or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
@@ -249,9 +255,7 @@ def scale_bias_(y: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | N
     """y[k] = y[k] * scale[k] + b[k] in place (y: a contiguous float32 [K, B, H]; b [K, 1, H]; scale [K, 1, 1]):
     `data_forward`'s epilogue, for a product made by `wgrad_adam_(..., x_next=)`; the two together give
     data_forward's numbers bit for bit."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    lib = _loaded()
     K, B, H = y.shape
     if y.dtype != torch.float32 or not y.is_contiguous() or (b is not None and b.numel() != K * H) or \
             (scale is not None and scale.numel() != K):
@@ -272,9 +276,7 @@ def data_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale
     float32 rounding (each element summed over D in order), with the (model, row, column) tiles spread evenly
     over the threads (torch's bmm runs each model's product on one thread). `out`: a [K, B, H] float32 buffer to
     write (else a new tensor)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    lib = _loaded()
     K, D, H = w.shape
     if not usable(w):
         raise ValueError(f"data_forward: the weight must be a contiguous float32 CPU tensor [K, D, H] with H a "
@@ -306,9 +308,7 @@ def dropout_apply(x: torch.Tensor | None, raw: torch.Tensor, bits: torch.Tensor,
     dropout decision `models.base.BatchedModel.keep_mask` makes from model k's random words raw[k] (int64, rows
     contiguous) with bits[k] random bits an element and threshold thr[k] (int32 [K] each). x: [K, n, d] or [n, d]
     (or an expanded [K, n, d]: rows shared by every model), float32; out: a contiguous float32 [K, n, d]."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not available: {_reason}")
+    lib = _loaded()
     K, numel = out.shape[0], out[0].numel()
     if out.dtype != torch.float32 or not out.is_contiguous() or out.device.type != "cpu":
         raise ValueError(f"dropout_apply: out must be a contiguous float32 CPU tensor, got {out.dtype} "

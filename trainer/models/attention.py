@@ -77,9 +77,7 @@ class Attention(MLPEncoderMixin, BatchedModel):
         zs = [self.apply_data_linear(name, xs) for name, xs in self.data_inputs(inputs)]
         K, B, H = zs[0].shape
         M, C, V = len(zs), self.spec.n_classes, self.spec.n_valence
-        keep = None    # the attention MLP's dropout, drawn after the data layers' masks as drop() draws it
-        if any(self._p):
-            keep = self.dropped(None, B, M * H, self._buffer("trunk_keep", (K, B, M * H), torch.float32), scaled=True)
+        keep = self.drop_mask(B, M * H)    # the attention MLP's dropout, drawn after the data layers' masks
         emotion, valence, weights, fused = native_trunk.AttentionTrunk.apply(
             (K, B, M, H, C, V), self.softmax, keep, *zs, *self._trunk_params())
         out = {"features": fused, "attention": weights}

@@ -143,11 +143,11 @@ class BatchedModel(nn.Module):
         thr = [round(p * (1 << b)) - (1 << 15 if b == 16 else 0) for p, b in zip(self._p, self._bits)]
         # keep iff u >= thr  <=>  clamp(u - (thr - 1), 0, 1) == 1   (u an integer held exactly in float32)
         self._thr_m1 = torch.tensor([t - 1 for t in thr], dtype=torch.float32, device=self.device).view(-1, 1)
+        self._mask_args = (torch.tensor(self._bits, dtype=torch.int32), torch.tensor(thr, dtype=torch.int32))  # native
         # bit offsets of the b-bit fields of a byte, b < 8: [1, 8 / b, 1]
         self._shifts = {b: torch.arange(0, 8, b, dtype=torch.uint8, device=self.device).view(1, 8 // b, 1)
                         for b in set(self._bits) if b < 8}
         self._buffers_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-        self._native_mask_args: tuple[torch.Tensor, torch.Tensor] | None = None   # bits and thresholds, int32
         self.data_weights: list[str] = []   # weights whose gradient is written in place (persistent .grad) or deferred
         self.data_dtype: torch.dtype | None = None   # set by the trainer (Protocol.train_bf16): see _DataLinear
         # set by the trainer when its optimiser takes deferred data-layer gradients (BatchedAdam + trainer.native)
@@ -300,13 +300,8 @@ class BatchedModel(nn.Module):
         (`keep_mask` is not None). The numbers of `x * keep_mask(n, d)` (and `keep_mask * scale`), in one pass of
         trainer.native's kernel where it is loaded (float32 on a CPU) instead of four PyTorch passes."""
         if out.device.type == "cpu" and native.library() is not None:
-            if self._native_mask_args is None:
-                self._native_mask_args = (torch.tensor(self._bits, dtype=torch.int32),
-                                          torch.tensor([round(t) + 1 for t in self._thr_m1.view(-1).tolist()],
-                                                       dtype=torch.int32))
-            bits, thr = self._native_mask_args
-            return native.dropout_apply(x, self._draw(n * d), bits, thr, self._scale.view(-1) if scaled else None,
-                                        out)
+            return native.dropout_apply(x, self._draw(n * d), *self._mask_args,
+                                        self._scale.view(-1) if scaled else None, out)
         keep = self.keep_mask(n, d)
         assert keep is not None, "dropped() needs dropout in training"
         if x is None:
@@ -354,12 +349,17 @@ class BatchedModel(nn.Module):
         if bits > 1:      # p = 1/2 (1 bit): the bit itself is the keep decision
             mask.sub_(thr_m1).clamp_(0.0, 1.0)
 
+    def drop_mask(self, n: int, d: int) -> torch.Tensor | None:
+        """This step's dropout mask of an activation, times 1/(1-p): a fresh [K, n, d] float32 tensor (autograd
+        keeps it for the backward), or None outside training or without dropout."""
+        if not self.training or not any(self._p):
+            return None
+        return self.dropped(None, n, d, torch.empty(self.K, n, d, device=self.device), scaled=True)
+
     def drop(self, h: torch.Tensor) -> torch.Tensor:
         """Dropout on an activation [K, n, d] (differentiable, scaled by 1/(1-p))."""
-        keep = self.keep_mask(h.shape[1], h.shape[2], tag="hmask")
-        if keep is None:
-            return h
-        return h * (keep * self._scale)
+        keep = self.drop_mask(h.shape[1], h.shape[2])
+        return h if keep is None else h * keep
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # pragma: no cover
