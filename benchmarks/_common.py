@@ -59,3 +59,20 @@ def matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
         torch.mm(a, b)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times)
+
+
+def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
+    """Bytes/s (read + written) of copying a `mib`-MiB float32 buffer into another at `threads` torch threads (median
+    of `repeats`): the memory bandwidth a streaming kernel can expect, far past the last-level cache."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.rand(mib << 18)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t)
+    return 2 * a.numel() * 4 / statistics.median(times)

@@ -20,7 +20,12 @@ Figures:
   c) FLOP rate of a 50-config grid through run_experiment: FLOPs of one training step per model counted with
      torch.utils.flop_counter (forward + backward, batch 32) times the steps taken, plus the forward FLOPs
      of the per-epoch selection passes and the final test passes, over wall time; compared with the rate
-     of a 4096 x 4096 fp32 matmul at the same thread count, measured in the same run.
+     of a 4096 x 4096 fp32 matmul at the same thread count, measured in the same run. The same run says where
+     the grid's wall time went (the data layers' native passes, the attention trunk, the rest of the training
+     steps, the selection and test passes, the models' set-up) and gives two upper bounds on the share: with
+     everything but the data-layer passes, the trunk and the evaluation passes free; and with the data-layer
+     passes at their roofline (a float32 Adam step moves 24 bytes of w, m and v a parameter for 4 x 32 FLOPs:
+     min(matmul rate, 5.33 FLOP/byte x the copy bandwidth measured beside it)) and the rest at the matmul rate.
 
     .venv/bin/python benchmarks/trainer_speed.py --quick          # smoke run (a minute)
     .venv/bin/python benchmarks/trainer_speed.py                  # the figures of RESULTS.md
@@ -36,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +201,56 @@ def step_flops(fs: FeatureSet, hidden: int, batch: int = 32) -> tuple[int, int]:
     return train, fc2.get_total_flops() // batch
 
 
+@contextlib.contextmanager
+def step_parts() -> Iterator[dict[str, float]]:
+    """Seconds spent inside the training epochs (not the selection or test passes) in the data layers' native
+    passes (the fused Adam pass with its next-step product, and data_forward) and in the attention trunk's native
+    forward and backward; yields the dict that fills up."""
+    from trainer import fit, native_trunk
+
+    spent = {"data": 0.0, "trunk": 0.0}
+    training = [False]
+
+    def timed(fn: Any, part: str) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if not training[0]:
+                return fn(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - t
+        return run
+
+    epoch = fit._GroupTrainer._train_epoch
+
+    def train_epoch(self: Any) -> None:
+        training[0] = True
+        try:
+            epoch(self)
+        finally:
+            training[0] = False
+
+    trunk = native_trunk.AttentionTrunk
+    saved = [(native, "wgrad_adam_", native.__dict__["wgrad_adam_"]),
+             (native, "data_forward", native.__dict__["data_forward"]),
+             (trunk, "forward", trunk.__dict__["forward"]), (trunk, "backward", trunk.__dict__["backward"]),
+             (fit._GroupTrainer, "_train_epoch", epoch)]
+    native.wgrad_adam_ = timed(native.wgrad_adam_, "data")
+    native.data_forward = timed(native.data_forward, "data")
+    trunk.forward = staticmethod(timed(trunk.__dict__["forward"].__func__, "trunk"))
+    trunk.backward = staticmethod(timed(trunk.__dict__["backward"].__func__, "trunk"))
+    fit._GroupTrainer._train_epoch = train_epoch
+    try:
+        yield spent
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf16: bool = False) -> dict[str, Any]:
+    """The 50-config grid's FLOP rates, and where its wall time went: the data layers' native passes, the trunk,
+    the rest of the training steps, the selection and test passes, the models' set-up."""
     space = {**SPACE, "weight_decay": (0.0, 1e-5, 1e-4)}
     cfgs = trials(n_configs, seed=0, space=space)
     plan = Protocol(folds="cv5").plan(fs, 0)
@@ -203,18 +258,41 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf
     n_sel = sum(len(f.select) for f in plan.folds)
     n_test = sum(len(r) for r in plan.tests.values())
     per = {h: step_flops(fs, h) for h in SPACE["hidden"]}
-    train_flops = eval_flops = 0
+    d_in = sum(fs.features[m].dim for m in MODALITIES)
+    train_flops = eval_flops = data_flops = data_bytes = 0
     for c in cfgs:
         tr, fwd_row = per[c["hidden"]]
         steps = sum(-(-n // 32) for n in n_train) * epochs
         train_flops += steps * tr
+        data_flops += steps * 4 * 32 * d_in * c["hidden"]    # forward product + weight gradient of the data layers
+        data_bytes += steps * 24 * d_in * c["hidden"]        # the Adam pass reads and writes w, m, v (float32)
         eval_flops += fwd_row * (n_sel * epochs + n_test * len(plan.folds))
-    t = time.perf_counter()
-    featstore_run(fs, epochs, threads, cfgs, bf16)
-    wall = time.perf_counter() - t
+    with step_parts() as spent:
+        t = time.perf_counter()
+        _, res = featstore_run(fs, epochs, threads, cfgs, bf16)
+        wall = time.perf_counter() - t
+    tm = res.timings
+    parts = {"data_s": spent["data"], "trunk_s": spent["trunk"],
+             "steps_rest_s": tm["train"] - spent["data"] - spent["trunk"], "eval_s": tm["select"] + tm["final"],
+             "setup_s": tm["setup"], "other_s": wall - tm["train"] - tm["select"] - tm["final"] - tm["setup"]}
     return {"configs": len(cfgs), "models": len(cfgs) * len(plan.folds), "epochs": epochs, "wall_s": wall,
-            "train_flops": train_flops, "eval_flops": eval_flops,
+            "train_flops": train_flops, "eval_flops": eval_flops, "data_flops": data_flops,
+            "data_bytes": data_bytes, "parts": parts,
             "rate_train": train_flops / wall, "rate_all": (train_flops + eval_flops) / wall}
+
+
+def grid_bounds(g: dict[str, Any], matmul: float, bandwidth: float) -> dict[str, float]:
+    """Upper bounds on the grid's training FLOP share (of the matmul rate), from its measured parts:
+    `kernels`: the data-layer passes, the trunk and the evaluation passes at their measured rates, all else free;
+    `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the copy bandwidth):
+    a float32 Adam step streams w, m and v in and out for 4 x 32 FLOPs a parameter), trunk and evaluation at the
+    matmul rate, all else free."""
+    p = g["parts"]
+    trunk_flops = g["train_flops"] - g["data_flops"]
+    kernels = g["train_flops"] / (p["data_s"] + p["trunk_s"] + p["eval_s"]) / matmul
+    data_roof = min(matmul, g["data_flops"] / g["data_bytes"] * bandwidth)
+    ideal_s = g["data_flops"] / data_roof + (trunk_flops + g["eval_flops"]) / matmul
+    return {"kernels": kernels, "roofline": g["train_flops"] / ideal_s / matmul, "data_roofline_rate": data_roof}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -306,16 +384,26 @@ def main() -> None:
     for t in threads if args.grid_configs else []:
         for precision in args.grid_precision.split(","):
             common.wait_idle(args.wait_idle, args.max_wait)
-            mm = common.matmul_rate(t)
+            mm, bw = common.matmul_rate(t), common.copy_bandwidth(t)
             g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs, bf16=precision == "bf16")
-            mm2 = common.matmul_rate(t)
-            mmr = (mm + mm2) / 2
-            flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "share_train": g["rate_train"] / mmr,
-                                         "share_all": g["rate_all"] / mmr}
+            mmr, bw = (mm + common.matmul_rate(t)) / 2, (bw + common.copy_bandwidth(t)) / 2
+            bounds = grid_bounds(g, mmr, bw)
+            flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "copy_bandwidth": bw, "bounds": bounds,
+                                         "share_train": g["rate_train"] / mmr, "share_all": g["rate_all"] / mmr}
             print(f"grid threads={t} {precision}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in "
                   f"{g['wall_s']:.1f} s: {g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with "
                   f"evaluation); fp32 matmul 4096^2 {mmr / 1e9:.1f} GFLOP/s -> {g['rate_train'] / mmr:.0%} "
                   f"({g['rate_all'] / mmr:.0%})", flush=True)
+            p, trunk_flops = g["parts"], g["train_flops"] - g["data_flops"]
+            print(f"grid threads={t} {precision} parts: data-layer passes {p['data_s']:.1f} s "
+                  f"({g['data_flops'] / p['data_s'] / 1e9:.0f} GFLOP/s, {g['data_bytes'] / p['data_s'] / 1e9:.1f} GB/s "
+                  f"of w, m, v; copy bandwidth {bw / 1e9:.1f} GB/s), trunk {p['trunk_s']:.1f} s "
+                  f"({trunk_flops / p['trunk_s'] / 1e9:.0f} GFLOP/s), the rest of the steps {p['steps_rest_s']:.1f} s, "
+                  f"selection + test passes {p['eval_s']:.1f} s ({g['eval_flops'] / p['eval_s'] / 1e9:.0f} GFLOP/s), "
+                  f"set-up {p['setup_s']:.1f} s, other {p['other_s']:.1f} s", flush=True)
+            print(f"grid threads={t} {precision} bounds: with all but those three kernels free {bounds['kernels']:.0%}; "
+                  f"with the data-layer passes at their roofline ({bounds['data_roofline_rate'] / 1e9:.0f} GFLOP/s) and "
+                  f"trunk and evaluation at the matmul rate {bounds['roofline']:.0%}", flush=True)
     out["flops"] = flops
     print(f"after: {common.uptime()}")
     if args.json:

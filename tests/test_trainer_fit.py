@@ -130,6 +130,25 @@ def test_deterministic_for_a_seed(feats: FeatureSet) -> None:
     assert not np.array_equal(a.test_outputs[(0, 3, "test1")].emotion, c.test_outputs[(0, 4, "test1")].emotion)
 
 
+def test_scoring_in_chunks_equals_one_pass(feats: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selection, held-out and test rows scored 32 at a time give the outputs and choices of one pass."""
+    from trainer import fit
+
+    for mode in ("mertools", "strict"):
+        p = FAST.replace(epochs=3, mode=mode)
+        whole = run_experiment(feats, "attention", p)     # ~50 selection rows, 50 test rows: one chunk each
+        monkeypatch.setattr(fit, "EVAL_CHUNK_BYTES", 1)   # the 32-row minimum: two chunks each
+        chunked = run_experiment(feats, "attention", p)
+        monkeypatch.undo()
+        assert chunked.selected_epochs == whole.selected_epochs
+        for key, curve in whole.curves.items():
+            assert np.allclose(curve, chunked.curves[key], atol=1e-6)
+        for key, out in whole.test_outputs.items():
+            for name in ("emotion", "valence", "attention"):
+                assert np.abs(getattr(out, name) - getattr(chunked.test_outputs[key], name)).max() < 1e-5
+        assert [r["waf"] for r in whole.rows] == pytest.approx([r["waf"] for r in chunked.rows])
+
+
 def test_failed_rows_are_not_trained_on_and_still_predicted(feats: FeatureSet) -> None:
     train_rows = np.flatnonzero(feats.subsets["train"])[[3, 50, 120]]
     test_rows = np.flatnonzero(feats.subsets["test1"])[[0, 7]]

@@ -37,7 +37,8 @@ from trainer.optim import BatchedAdam
 from trainer.protocol import HYPER, Plan, Protocol, ProtocolError
 
 Progress = Callable[[str, dict[str, Any]], None]
-EVAL_CHUNK_BYTES = 16 << 20       # inputs gathered at once for a forward pass without gradients
+EVAL_CHUNK_BYTES = 128 << 20      # inputs gathered at once for a forward pass without gradients (fewer, longer
+#                                   chunks: a grid of 40 hidden-256 models scores its rows ~25% faster than at 16 MB)
 MODEL_BUDGET_BYTES = 2 << 30      # parameters + gradients + Adam state + best copy of one batched module
 
 
