@@ -65,8 +65,11 @@ def test_batched_models_equal_separate_trainings(feats: FeatureSet) -> None:
     for key, curve in together.curves.items():
         assert np.allclose(curve, alone.curves[key], atol=1e-6)
     p4 = FAST.replace(epochs=4)
-    assert run_experiment(feats, "attention", p4, configs).selected_epochs == \
-        run_experiment(feats, "attention", p4, configs, max_models=3).selected_epochs
+    sizes: list[int] = []
+    chunked = run_experiment(feats, "attention", p4, configs, max_models=3,
+                             progress=lambda ev, info: ev == "group" and sizes.append(info["models"]))
+    assert sizes == [2, 3, 2, 3]          # 10 models, at most 3 a module: four modules of even sizes
+    assert run_experiment(feats, "attention", p4, configs).selected_epochs == chunked.selected_epochs
 
 
 def test_one_epoch_equals_plain_torch_mertools_module(feats: FeatureSet) -> None:
