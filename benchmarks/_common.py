@@ -7,6 +7,7 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -46,19 +47,24 @@ def wait_idle(min_idle: float | None, max_wait: float) -> str:
     return f"{idle:.0%} idle"
 
 
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of fn, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
     """FLOP/s of an n x n fp32 torch.mm at `threads` torch threads (median of `repeats`): the CPU's practical peak."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n ** 3 / median_seconds(lambda: torch.mm(a, b), repeats)
 
 
 def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
@@ -69,10 +75,4 @@ def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a = torch.rand(mib << 18)
     b = torch.empty_like(a)
-    b.copy_(a)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        b.copy_(a)
-        times.append(time.perf_counter() - t)
-    return 2 * a.numel() * 4 / statistics.median(times)
+    return 2 * a.numel() * 4 / median_seconds(lambda: b.copy_(a), repeats)

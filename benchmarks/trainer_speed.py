@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -232,20 +233,13 @@ def step_parts() -> Iterator[dict[str, float]]:
             training[0] = False
 
     trunk = native_trunk.AttentionTrunk
-    saved = [(native, "wgrad_adam_", native.__dict__["wgrad_adam_"]),
-             (native, "data_forward", native.__dict__["data_forward"]),
-             (trunk, "forward", trunk.__dict__["forward"]), (trunk, "backward", trunk.__dict__["backward"]),
-             (fit._GroupTrainer, "_train_epoch", epoch)]
-    native.wgrad_adam_ = timed(native.wgrad_adam_, "data")
-    native.data_forward = timed(native.data_forward, "data")
-    trunk.forward = staticmethod(timed(trunk.__dict__["forward"].__func__, "trunk"))
-    trunk.backward = staticmethod(timed(trunk.__dict__["backward"].__func__, "trunk"))
-    fit._GroupTrainer._train_epoch = train_epoch
-    try:
+    with contextlib.ExitStack() as stack:
+        for owner, name, part in ((native, "wgrad_adam_", "data"), (native, "data_forward", "data"),
+                                  (trunk, "forward", "trunk"), (trunk, "backward", "trunk")):
+            fn = timed(getattr(owner, name), part)
+            stack.enter_context(mock.patch.object(owner, name, staticmethod(fn) if owner is trunk else fn))
+        stack.enter_context(mock.patch.object(fit._GroupTrainer, "_train_epoch", train_epoch))
         yield spent
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
 
 
 def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf16: bool = False) -> dict[str, Any]:
