@@ -18,7 +18,7 @@ a product with it.
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are masked
 into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by
 `torch.bmm(out=)` straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost
-milliseconds on these virtual machines). In the trainer (`defer_data_grads`, float32 on a CPU where
+milliseconds on these virtual machines; made at the first step that needs it, so never on the native path). In the trainer (`defer_data_grads`, float32 on a CPU where
 trainer.native's kernels are built) the forward product is trainer.native's (every model's tiles spread over the
 threads) and the weight gradient is not computed here at all: the backward leaves its inputs to BatchedAdam, which
 forms it and takes the Adam step in one pass. With `data_dtype` = bfloat16
@@ -71,7 +71,7 @@ class _DataLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None,
-                grad_buf: torch.Tensor, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+                grad_buf: torch.Tensor | None, low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
                 defer: bool = False, product: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         with torch.autocast(x.device.type, enabled=False):
             if product is not None:   # x @ w, made by the previous step's Adam pass (BatchedModel.prefetch)
@@ -175,8 +175,7 @@ class BatchedModel(nn.Module):
         for i, wi in enumerate(ws):
             p = nn.Parameter(wi.to(self.device))
             self.register_parameter(f"{name}_w{i}", p)
-            if data:
-                p.grad = torch.zeros_like(p)
+            if data:   # its .grad, made on first use by the PyTorch path (apply_data_linear), is kept across steps
                 p._direct_grad = True  # type: ignore[attr-defined]
                 self.data_weights.append(f"{name}_w{i}")
         self.register_parameter(f"{name}_b", nn.Parameter(b.to(self.device)))
@@ -237,6 +236,8 @@ class BatchedModel(nn.Module):
                         x = self.dropped(x, x.shape[1], x.shape[2],
                                          self._buffer(f"{name}_x{i}", tuple(x.shape), x.dtype))
                 defer = self.defer_data_grads and low is None and native.usable(w)
+                if not defer and w.grad is None:   # the persistent dW buffer (the native pass needs none)
+                    w.grad = torch.zeros_like(w)
                 y = _DataLinear.apply(x, w, zero_b, scale, w.grad, low, defer)
             out = y if out is None else out + y
         assert out is not None
