@@ -28,6 +28,7 @@
 #include "vec.h"
 
 #define RB 64
+#define PFD 8           /* rows ahead at which a tile prefetches W, m and v (see adam_tile4x64) */
 
 struct adam { float beta1c, beta2, beta2c, eps, wd, step_size, bc2_sqrt; };
 
@@ -51,7 +52,10 @@ static inline void adam_one(float *w, float *m, float *v, float dw, const struct
 }
 
 /* Rows [r, r + 4) x columns [h0, h0 + 64) of one block: xt holds the block's x transposed, rows [r, r + 4) at
-   xt + r B as [b][4]. */
+   xt + r B as [b][4]. While its FMAs run, the tile prefetches (for writing) the W, m and v lines of the same tile
+   PFD rows further on, one line of each per batch row for the first 16: the hardware prefetcher alone left the
+   Adam updates waiting on memory (the pass ran 4-10% slower). Rows past the model's or the array's end are
+   prefetched too, harmlessly: a prefetch never faults. */
 static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
                             float *v, size_t row0, const struct adam *a) {
     v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
@@ -63,6 +67,10 @@ static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk,
         __builtin_memcpy(&g0, gb, 64); __builtin_memcpy(&g1, gb + 16, 64);
         __builtin_memcpy(&g2, gb + 32, 64); __builtin_memcpy(&g3, gb + 48, 64);
         KEEP_IN_REGISTERS(g0, g1, g2, g3);   /* else GCC re-reads g for every row (load-bound loop) */
+        if (b < 16) {
+            size_t o = (row0 + (size_t)(r + PFD + (b >> 2))) * H + h0 + (size_t)(b & 3) * 16;
+            __builtin_prefetch(W + o, 1, 3); __builtin_prefetch(m + o, 1, 3); __builtin_prefetch(v + o, 1, 3);
+        }
         float s0 = xq[4 * b], s1 = xq[4 * b + 1], s2 = xq[4 * b + 2], s3 = xq[4 * b + 3];
         a00 += s0 * g0; a01 += s0 * g1; a02 += s0 * g2; a03 += s0 * g3;
         a10 += s1 * g0; a11 += s1 * g1; a12 += s1 * g2; a13 += s1 * g3;
@@ -95,9 +103,11 @@ static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk,
 
 /* The Adam step of rows [r0, r0 + nr) x columns [h0, h1) of model k's W (global row row0 = k D + r0): the block's
    x columns transposed into xt (groups of four rows as [b][4]; rows past the last four as [row][b]), then 4 x 64
-   tiles, 4 x 16 ones, and scalar loops for what is left. */
+   tiles, 4 x 16 ones, and scalar loops for what is left. Each group of four rows prefetches two batch rows' worth
+   of the next block's x columns and, given the next step's input xnk (else NULL), of this block's xnk columns,
+   which the next-step product reads after the Adam step: strided lines the hardware prefetcher does not foresee. */
 static void adam_block(const float *xk, const float *gk, float *xt, int B, int D, int H, int r0, int nr, int h0,
-                       int h1, float *W, float *m, float *v, size_t row0, const struct adam *a) {
+                       int h1, float *W, float *m, float *v, size_t row0, const struct adam *a, const float *xnk) {
     int n4 = nr / 4 * 4;
     for (int b = 0; b < B; b++) {
         const float *xb = xk + (size_t)b * D + r0;
@@ -106,6 +116,11 @@ static void adam_block(const float *xk, const float *gk, float *xt, int B, int D
     }
     int r = 0;
     for (; r + 4 <= nr; r += 4) {
+        for (int b = r / 2; b < r / 2 + 2 && b < B; b++)
+            for (int l = 0; l < RB; l += 16) {
+                __builtin_prefetch(xk + (size_t)b * D + r0 + RB + l, 0, 3);
+                if (xnk) __builtin_prefetch(xnk + (size_t)b * D + r0 + l, 0, 3);
+            }
         int h = h0;
         for (; h + 64 <= h1; h += 64) adam_tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a);
         for (; h + 16 <= h1; h += 16) adam_tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
@@ -168,7 +183,7 @@ int wgrad_adam(const float *x, long long x_model_stride, const float *g, float *
         int nr = (r0 + RB < D ? r0 + RB : D) - r0;
         struct adam a = {one_minus_beta1, beta2, one_minus_beta2, eps, wd[k], step_size[k], bc2_sqrt[k]};
         adam_block(x + (size_t)k * (size_t)x_model_stride, g + (size_t)k * B * H, thread_scratch(scratch), B, D, H,
-                   r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a);
+                   r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a, NULL);
     }
     free_scratch(scratch, threads);
     return 0;
@@ -209,7 +224,7 @@ int wgrad_adam_next(const float *x, long long x_model_stride, const float *g, fl
             for (size_t i = 0; i < (size_t)B * H; i++) zk[i] = 0.0f;
             for (int blk = p * per; blk < (p + 1) * per && blk < nblk; blk++) {
                 int r0 = blk * RB, nr = (r0 + RB < D ? r0 + RB : D) - r0;
-                if (active[k]) adam_block(xk, gk, xt, B, D, H, r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a);
+                if (active[k]) adam_block(xk, gk, xt, B, D, H, r0, nr, 0, H, W, m, v, (size_t)k * D + r0, &a, xnk);
                 for (int h0 = 0; h0 < H; h0 += 64)
                     fwd_block(xnk, D, wk, H, zk, 0, B, h0, h0 + 64 < H ? h0 + 64 : H, r0, r0 + nr);
             }
