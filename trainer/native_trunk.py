@@ -113,7 +113,7 @@ class AttentionTrunk(torch.autograd.Function):
         t, held = _trunk(dims, softmax, params)
         t.z, t.keep = ctypes.addressof(zs_addr := _addresses(zs)), None if keep is None else keep.data_ptr()
         KBH = K * B * H
-        sizes = [M * KBH] * 3 + [K * B * M * H] + [KBH] * 3 + [K * (M + C + V) * H, K * (3 * M + 2) * H * H]
+        sizes = [M * KBH] * 3 + [K * B * M * H] + [KBH] * 3 + [K * (M + C + V) * H, t.threads * M * H * H]
         saved = _pool.take(sum(sizes))
         outs = [torch.empty(K, B, n) for n in (C, V, M, H)]
         t.a1, t.a2, t.h, t.cat, t.u1, t.u2, t.u3, t.wn, t.wt = _parts(saved, sizes)

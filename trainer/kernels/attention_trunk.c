@@ -8,11 +8,12 @@
        emotion = fused We + be       valence = fused Wv + bv
    In PyTorch these are ~40 operators a step on [K, 32, 128] tensors and as many in the backward, each dispatched
    and threaded on its own (10-20 us apiece, most of it overhead), and bmm runs each model's small product on one
-   thread. Here the forward is two parallel loops: the weights' transposes (one (model, weight) task each; the
-   backward multiplies by them, and the forward reads the weights anyway), then the layers over (model, block of
-   rows) tasks -- every operator of the trunk is row-wise. The backward is two more: the row-wise gradients of
-   every activation, then the weight and bias gradients, one (model, layer) task each, summed over the rows in
-   order. Every element is computed by one thread in one order, so results do not depend on the thread count.
+   thread. Here the forward is two parallel loops: the narrow weights' transposes (one task a model), then the
+   layers over (model, block of rows) tasks -- every operator of the trunk is row-wise. The backward is two more:
+   the row-wise gradients of every activation, each task transposing the square weights it multiplies by into its
+   thread's scratch just before use (in L2: made in the forward for all models at once, they went to memory and
+   back, and the forward read the weights twice), then the weight and bias gradients, one (model, layer) task
+   each, summed over the rows in order. Every element is computed by one thread in one order, so results do not depend on the thread count.
    Products of width H or M * H run in 4-row x 64-column (then 16-column) register tiles; the narrow ones (M
    weights, C classes, V valence outputs) as dot products in 16 lanes over the transposed weights.
    ReLU keeps NaN as torch.relu does; its gradient passes where the output is > 0 (threshold_backward).
@@ -20,6 +21,9 @@
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "forward_tile.h"
 
@@ -41,7 +45,7 @@ typedef struct {
     float *cat;                                  /* [K, B, M H] */
     float *u1, *u2, *u3;                         /* [K, B, H] */
     float *wn;                                   /* [K, M + C + V, H]: Wf, We and Wv transposed */
-    float *wt;                                   /* [K, 3 M + 2, H, H]: Wa3, Wa2, Wa1, W3_b, W2_b transposed */
+    float *wt;                                   /* [threads, M H, H]: the backward's transposes, a thread's */
     /* forward outputs */
     float *weights, *fused, *emo, *val;          /* [K, B, M], [K, B, H], [K, B, C], [K, B, V] */
     /* backward: incoming gradients, NULL for none */
@@ -211,26 +215,22 @@ static int rows_per_task(int K, int B, int threads) {
     return rt;
 }
 
-/* the transposed weight j of model k in t->wt: 0 Wa3, 1 Wa2, 2 Wa1 (M squares), then W3_b and W2_b per branch */
-static float *wt_of(const trunk_t *t, int k, int j) {
-    return t->wt + ((size_t)k * (3 * t->M + 2) + (size_t)j) * t->H * t->H;
+/* the narrow weights of model k transposed (Wf, We, Wv into t->wn), which the forward and the backward use */
+static void narrow_job(const trunk_t *t, int k) {
+    const int M = t->M, H = t->H, C = t->C, V = t->V;
+    float *wn = t->wn + (size_t)k * (M + C + V) * H;
+    narrow_t(t->wf + (size_t)k * H * M, H, M, wn);
+    if (C) narrow_t(t->we + (size_t)k * H * C, H, C, wn + (size_t)M * H);
+    if (V) narrow_t(t->wv + (size_t)k * H * V, H, V, wn + (size_t)(M + C) * H);
 }
 
-/* job 0..2M+2 of model k: the transposes the backward multiplies by (the forward makes them while it reads the
-   weights anyway); job 2M+3: the narrow ones the forward uses too */
-static void transpose_job(const trunk_t *t, int k, int job) {
-    const int M = t->M, H = t->H, C = t->C, V = t->V;
-    const size_t HH = (size_t)H * H;
-    if (job == 3 + 2 * M) {
-        float *wn = t->wn + (size_t)k * (M + C + V) * H;
-        narrow_t(t->wf + (size_t)k * H * M, H, M, wn);
-        if (C) narrow_t(t->we + (size_t)k * H * C, H, C, wn + (size_t)M * H);
-        if (V) narrow_t(t->wv + (size_t)k * H * V, H, V, wn + (size_t)(M + C) * H);
-    } else if (job == 0) transpose(t->wa3 + k * HH, H, H, wt_of(t, k, 0));
-    else if (job == 1) transpose(t->wa2 + k * HH, H, H, wt_of(t, k, 1));
-    else if (job == 2) transpose(t->wa1 + (size_t)k * M * HH, M * H, H, wt_of(t, k, 2));
-    else if (job < 3 + M) transpose(t->w3[job - 3] + k * HH, H, H, wt_of(t, k, 2 + M + (job - 3)));
-    else transpose(t->w2[job - 3 - M] + k * HH, H, H, wt_of(t, k, 2 + 2 * M + (job - 3 - M)));
+/* the scratch of the calling thread for the backward's transposes: M H x H floats */
+static float *thread_wt(const trunk_t *t) {
+#ifdef _OPENMP
+    return t->wt + (size_t)omp_get_thread_num() * t->M * t->H * t->H;
+#else
+    return t->wt;
+#endif
 }
 
 /* ------------------------------------------------------------------------------------------- forward */
@@ -289,12 +289,12 @@ static void forward_rows(const trunk_t *t, int k, int r0, int rows) {
 }
 
 void trunk_forward(const trunk_t *t) {
-    const int K = t->K, T = 4 + 2 * t->M;
+    const int K = t->K;
     int rt = rows_per_task(K, t->B, t->threads), nr = (t->B + rt - 1) / rt;
     #pragma omp parallel num_threads(t->threads)
     {
-        #pragma omp for schedule(dynamic)
-        for (int task = 0; task < K * T; task++) transpose_job(t, task / T, task % T);
+        #pragma omp for schedule(static)
+        for (int k = 0; k < K; k++) narrow_job(t, k);
         #pragma omp for schedule(static)
         for (int task = 0; task < K * nr; task++) {
             int k = task / nr, r0 = task % nr * rt;
@@ -308,9 +308,9 @@ void trunk_forward(const trunk_t *t) {
 /* the row-wise gradients of every activation, rows [r0, r0 + rows) of model k */
 static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
     const int B = t->B, M = t->M, H = t->H, MH = M * H, C = t->C, V = t->V;
-    const size_t KBH = (size_t)t->K * B * H;
+    const size_t KBH = (size_t)t->K * B * H, HH = (size_t)H * H;
     const size_t kr = (size_t)k * B + r0;
-    float *gf = t->g_f + kr * H, *gs = t->g_s + kr * M;
+    float *gf = t->g_f + kr * H, *gs = t->g_s + kr * M, *wt = thread_wt(t);
     const float *w = t->weights + kr * M;
     const float *wn = t->wn + (size_t)k * (M + C + V) * H;     /* Wf^T, We^T, Wv^T */
     for (int r = 0; r < rows; r++)
@@ -335,12 +335,15 @@ static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
     memset(gu3, 0, sizeof(float) * rows * H);
     mm_acc_t(gs, M, wn, M, gu3, H, rows, H);
     relu_grad(gu3, H, t->u3 + kr * H, H, rows, H);
-    mm_nn(gu3, H, wt_of(t, k, 0), H, gu2, H, rows, H);
+    transpose(t->wa3 + k * HH, H, H, wt);
+    mm_nn(gu3, H, wt, H, gu2, H, rows, H);
     relu_grad(gu2, H, t->u2 + kr * H, H, rows, H);
-    mm_nn(gu2, H, wt_of(t, k, 1), H, gu1, H, rows, H);
+    transpose(t->wa2 + k * HH, H, H, wt);
+    mm_nn(gu2, H, wt, H, gu1, H, rows, H);
     relu_grad(gu1, H, t->u1 + kr * H, H, rows, H);
     float *gcat = t->g_cat + kr * MH;
-    mm_nn(gu1, H, wt_of(t, k, 2), MH, gcat, MH, rows, H);
+    transpose(t->wa1 + (size_t)k * MH * H, MH, H, wt);
+    mm_nn(gu1, H, wt, MH, gcat, MH, rows, H);
     for (int b = 0; b < M; b++) {
         float *gh = t->g_h + b * KBH + kr * H, *ga2 = t->g_a2 + b * KBH + kr * H;
         const float *keep = t->keep ? t->keep + kr * MH + (size_t)b * H : NULL;
@@ -351,10 +354,12 @@ static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
                 gh[(size_t)r * H + n] = gf[(size_t)r * H + n] * w[(size_t)r * M + b] + gc;
             }
         relu_grad(gh, H, t->h + b * KBH + kr * H, H, rows, H);
-        mm_nn(gh, H, wt_of(t, k, 2 + M + b), H, ga2, H, rows, H);
+        transpose(t->w3[b] + k * HH, H, H, wt);
+        mm_nn(gh, H, wt, H, ga2, H, rows, H);
         relu_grad(ga2, H, t->a2 + b * KBH + kr * H, H, rows, H);
         float *gz = t->g_z[b] + kr * H;
-        mm_nn(ga2, H, wt_of(t, k, 2 + 2 * M + b), H, gz, H, rows, H);
+        transpose(t->w2[b] + k * HH, H, H, wt);
+        mm_nn(ga2, H, wt, H, gz, H, rows, H);
         relu_grad(gz, H, t->a1 + b * KBH + kr * H, H, rows, H);
     }
 }
