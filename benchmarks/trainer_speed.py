@@ -25,7 +25,7 @@ Figures:
      steps, the selection and test passes, the models' set-up) and gives two upper bounds on the share: with
      everything but the data-layer passes, the trunk and the evaluation passes free; and with the data-layer
      passes at their roofline (a float32 Adam step moves 24 bytes of w, m and v a parameter for 4 x 32 FLOPs:
-     min(matmul rate, 5.33 FLOP/byte x the copy bandwidth measured beside it)) and the rest at the matmul rate.
+     min(matmul rate, 5.33 FLOP/byte x the in-place stream bandwidth measured beside it)) and the rest at the matmul rate.
 
     .venv/bin/python benchmarks/trainer_speed.py --quick          # smoke run (a minute)
     .venv/bin/python benchmarks/trainer_speed.py                  # the figures of RESULTS.md
@@ -278,7 +278,7 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf
 def grid_bounds(g: dict[str, Any], matmul: float, bandwidth: float) -> dict[str, float]:
     """Upper bounds on the grid's training FLOP share (of the matmul rate), from its measured parts:
     `kernels`: the data-layer passes, the trunk and the evaluation passes at their measured rates, all else free;
-    `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the copy bandwidth):
+    `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the in-place stream bandwidth):
     a float32 Adam step streams w, m and v in and out for 4 x 32 FLOPs a parameter), trunk and evaluation at the
     matmul rate, all else free."""
     p = g["parts"]
@@ -378,11 +378,11 @@ def main() -> None:
     for t in threads if args.grid_configs else []:
         for precision in args.grid_precision.split(","):
             common.wait_idle(args.wait_idle, args.max_wait)
-            mm, bw = common.matmul_rate(t), common.copy_bandwidth(t)
+            mm, bw = common.matmul_rate(t), common.stream_bandwidth(t)
             g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs, bf16=precision == "bf16")
-            mmr, bw = (mm + common.matmul_rate(t)) / 2, (bw + common.copy_bandwidth(t)) / 2
+            mmr, bw = (mm + common.matmul_rate(t)) / 2, (bw + common.stream_bandwidth(t)) / 2
             bounds = grid_bounds(g, mmr, bw)
-            flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "copy_bandwidth": bw, "bounds": bounds,
+            flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "stream_bandwidth": bw, "bounds": bounds,
                                          "share_train": g["rate_train"] / mmr, "share_all": g["rate_all"] / mmr}
             print(f"grid threads={t} {precision}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in "
                   f"{g['wall_s']:.1f} s: {g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with "
@@ -391,7 +391,7 @@ def main() -> None:
             p, trunk_flops = g["parts"], g["train_flops"] - g["data_flops"]
             print(f"grid threads={t} {precision} parts: data-layer passes {p['data_s']:.1f} s "
                   f"({g['data_flops'] / p['data_s'] / 1e9:.0f} GFLOP/s, {g['data_bytes'] / p['data_s'] / 1e9:.1f} GB/s "
-                  f"of w, m, v; copy bandwidth {bw / 1e9:.1f} GB/s), trunk {p['trunk_s']:.1f} s "
+                  f"of w, m, v; in-place stream {bw / 1e9:.1f} GB/s), trunk {p['trunk_s']:.1f} s "
                   f"({trunk_flops / p['trunk_s'] / 1e9:.0f} GFLOP/s), the rest of the steps {p['steps_rest_s']:.1f} s, "
                   f"selection + test passes {p['eval_s']:.1f} s ({g['eval_flops'] / p['eval_s'] / 1e9:.0f} GFLOP/s), "
                   f"set-up {p['setup_s']:.1f} s, other {p['other_s']:.1f} s", flush=True)
