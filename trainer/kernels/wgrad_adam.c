@@ -53,11 +53,10 @@ static inline void adam_one(float *w, float *m, float *v, float dw, const struct
 
 /* Rows [r, r + 4) x columns [h0, h0 + 64) of one block: xt holds the block's x transposed, rows [r, r + 4) at
    xt + r B as [b][4]. While its FMAs run, the tile prefetches (for writing) the W, m and v lines of the same tile
-   PFD rows further on, one line of each per batch row for the first 16: the hardware prefetcher alone left the
-   Adam updates waiting on memory (the pass ran 4-10% slower). Rows past the model's or the array's end are
-   prefetched too, harmlessly: a prefetch never faults. */
+   PFD rows further on (pf: those rows are the model's), one line of each per batch row for the first 16: the
+   hardware prefetcher alone left the Adam updates waiting on memory (the pass ran 4-10% slower). */
 static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
-                            float *v, size_t row0, const struct adam *a) {
+                            float *v, size_t row0, const struct adam *a, int pf) {
     v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
     const float *xq = xt + (size_t)r * B;
@@ -67,7 +66,7 @@ static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk,
         __builtin_memcpy(&g0, gb, 64); __builtin_memcpy(&g1, gb + 16, 64);
         __builtin_memcpy(&g2, gb + 32, 64); __builtin_memcpy(&g3, gb + 48, 64);
         KEEP_IN_REGISTERS(g0, g1, g2, g3);   /* else GCC re-reads g for every row (load-bound loop) */
-        if (b < 16) {
+        if (pf && b < 16) {
             size_t o = (row0 + (size_t)(r + PFD + (b >> 2))) * H + h0 + (size_t)(b & 3) * 16;
             __builtin_prefetch(W + o, 1, 3); __builtin_prefetch(m + o, 1, 3); __builtin_prefetch(v + o, 1, 3);
         }
@@ -118,11 +117,11 @@ static void adam_block(const float *xk, const float *gk, float *xt, int B, int D
     for (; r + 4 <= nr; r += 4) {
         for (int b = r / 2; b < r / 2 + 2 && b < B; b++)
             for (int l = 0; l < RB; l += 16) {
-                __builtin_prefetch(xk + (size_t)b * D + r0 + RB + l, 0, 3);
-                if (xnk) __builtin_prefetch(xnk + (size_t)b * D + r0 + l, 0, 3);
+                if (r0 + RB + l < D) __builtin_prefetch(xk + (size_t)b * D + r0 + RB + l, 0, 3);
+                if (xnk && l < nr) __builtin_prefetch(xnk + (size_t)b * D + r0 + l, 0, 3);
             }
-        int h = h0;
-        for (; h + 64 <= h1; h += 64) adam_tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a);
+        int h = h0, pf = r0 + r + PFD + 4 <= D;
+        for (; h + 64 <= h1; h += 64) adam_tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a, pf);
         for (; h + 16 <= h1; h += 16) adam_tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
         for (int i = 0; i < 4; i++)
             for (int hh = h; hh < h1; hh++) {
