@@ -25,7 +25,8 @@ Figures:
      steps, the selection and test passes, the models' set-up) and gives two upper bounds on the share: with
      everything but the data-layer passes, the trunk and the evaluation passes free; and with the data-layer
      passes at their roofline (a float32 Adam step moves 24 bytes of w, m and v a parameter for 4 x 32 FLOPs:
-     min(matmul rate, 5.33 FLOP/byte x the in-place stream bandwidth measured beside it)) and the rest at the matmul rate.
+     min(matmul rate, 5.33 FLOP/byte x the in-place stream bandwidth measured beside it)) and the rest at the
+     matmul rate.
 
     .venv/bin/python benchmarks/trainer_speed.py --quick          # smoke run (a minute)
     .venv/bin/python benchmarks/trainer_speed.py                  # the figures of RESULTS.md
@@ -278,9 +279,9 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf
 def grid_bounds(g: dict[str, Any], matmul: float, bandwidth: float) -> dict[str, float]:
     """Upper bounds on the grid's training FLOP share (of the matmul rate), from its measured parts:
     `kernels`: the data-layer passes, the trunk and the evaluation passes at their measured rates, all else free;
-    `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the in-place stream bandwidth):
-    a float32 Adam step streams w, m and v in and out for 4 x 32 FLOPs a parameter), trunk and evaluation at the
-    matmul rate, all else free."""
+    `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the in-place stream
+    bandwidth): a float32 Adam step streams w, m and v in and out for 4 x 32 FLOPs a parameter), trunk and
+    evaluation at the matmul rate, all else free."""
     p = g["parts"]
     trunk_flops = g["train_flops"] - g["data_flops"]
     kernels = g["train_flops"] / (p["data_s"] + p["trunk_s"] + p["eval_s"]) / matmul
@@ -395,9 +396,10 @@ def main() -> None:
                   f"({trunk_flops / p['trunk_s'] / 1e9:.0f} GFLOP/s), the rest of the steps {p['steps_rest_s']:.1f} s, "
                   f"selection + test passes {p['eval_s']:.1f} s ({g['eval_flops'] / p['eval_s'] / 1e9:.0f} GFLOP/s), "
                   f"set-up {p['setup_s']:.1f} s, other {p['other_s']:.1f} s", flush=True)
-            print(f"grid threads={t} {precision} bounds: with all but those three kernels free {bounds['kernels']:.0%}; "
-                  f"with the data-layer passes at their roofline ({bounds['data_roofline_rate'] / 1e9:.0f} GFLOP/s) and "
-                  f"trunk and evaluation at the matmul rate {bounds['roofline']:.0%}", flush=True)
+            print(f"grid threads={t} {precision} bounds: with all but those three kernels free "
+                  f"{bounds['kernels']:.0%}; with the data-layer passes at their roofline "
+                  f"({bounds['data_roofline_rate'] / 1e9:.0f} GFLOP/s) and trunk and evaluation at the matmul rate "
+                  f"{bounds['roofline']:.0%}", flush=True)
     out["flops"] = flops
     print(f"after: {common.uptime()}")
     if args.json:

@@ -113,10 +113,10 @@ class AttentionTrunk(torch.autograd.Function):
         t, held = _trunk(dims, softmax, params)
         t.z, t.keep = ctypes.addressof(zs_addr := _addresses(zs)), None if keep is None else keep.data_ptr()
         KBH = K * B * H
-        sizes = [M * KBH] * 3 + [K * B * M * H] + [KBH] * 3 + [K * (M + C + V) * H, t.threads * M * H * H]
+        sizes = [M * KBH] * 3 + [K * B * M * H] + [KBH] * 3 + [K * (M + C + V) * H]
         saved = _pool.take(sum(sizes))
         outs = [torch.empty(K, B, n) for n in (C, V, M, H)]
-        t.a1, t.a2, t.h, t.cat, t.u1, t.u2, t.u3, t.wn, t.wt = _parts(saved, sizes)
+        t.a1, t.a2, t.h, t.cat, t.u1, t.u2, t.u3, t.wn = _parts(saved, sizes)
         t.emo, t.val, t.weights, t.fused = (o.data_ptr() for o in outs)
         native.library().trunk_forward(ctypes.byref(t))
         ctx.t, ctx.held, ctx.saved, ctx.dims = t, (held, zs_addr), saved, dims
@@ -133,9 +133,9 @@ class AttentionTrunk(torch.autograd.Function):
         grads_in = [None if g is None else g.float().contiguous() for g in (g_emo, g_val, g_weights, g_fused)]
         t.g_emo, t.g_val, t.g_weights, t.g_fused = (None if g is None else g.data_ptr() for g in grads_in)
         KBH = K * B * H
-        sizes = [KBH] * 4 + [K * B * M, K * B * M * H, M * KBH, M * KBH]
+        sizes = [KBH] * 4 + [K * B * M, K * B * M * H, M * KBH, M * KBH, t.threads * M * H * H]
         scratch = _pool.take(sum(sizes))
-        t.g_f, t.g_u3, t.g_u2, t.g_u1, t.g_s, t.g_cat, t.g_h, t.g_a2 = _parts(scratch, sizes)
+        t.g_f, t.g_u3, t.g_u2, t.g_u1, t.g_s, t.g_cat, t.g_h, t.g_a2, t.wt = _parts(scratch, sizes)
         g_zs = [torch.empty(K, B, H) for _ in range(M)]
         g_params = [torch.empty_like(q) for q in params]
         gp = _named(g_params, M, C, V)

@@ -13,7 +13,8 @@
    the row-wise gradients of every activation, each task transposing the square weights it multiplies by into its
    thread's scratch just before use (in L2: made in the forward for all models at once, they went to memory and
    back, and the forward read the weights twice), then the weight and bias gradients, one (model, layer) task
-   each, summed over the rows in order. Every element is computed by one thread in one order, so results do not depend on the thread count.
+   each, summed over the rows in order. Every element is computed by one thread in one order, so results do not
+   depend on the thread count.
    Products of width H or M * H run in 4-row x 64-column (then 16-column) register tiles; the narrow ones (M
    weights, C classes, V valence outputs) as dot products in 16 lanes over the transposed weights.
    ReLU keeps NaN as torch.relu does; its gradient passes where the output is > 0 (threshold_backward).
@@ -45,7 +46,8 @@ typedef struct {
     float *cat;                                  /* [K, B, M H] */
     float *u1, *u2, *u3;                         /* [K, B, H] */
     float *wn;                                   /* [K, M + C + V, H]: Wf, We and Wv transposed */
-    float *wt;                                   /* [threads, M H, H]: the backward's transposes, a thread's */
+    float *wt;                                   /* backward scratch (set by the backward): [threads, M H, H],
+                                                    each thread's transposes */
     /* forward outputs */
     float *weights, *fused, *emo, *val;          /* [K, B, M], [K, B, H], [K, B, C], [K, B, V] */
     /* backward: incoming gradients, NULL for none */

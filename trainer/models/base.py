@@ -18,11 +18,11 @@ a product with it.
 Hot path (the first layer of every branch, where nearly all the parameters and FLOPs are): data inputs are masked
 into reused buffers (the inputs themselves are never modified), and the layer's weight gradient is written by
 `torch.bmm(out=)` straight into a persistent `.grad` buffer (no fresh 10-MB allocations, whose page faults cost
-milliseconds on these virtual machines; made at the first step that needs it, so never on the native path). In the trainer (`defer_data_grads`, float32 on a CPU where
-trainer.native's kernels are built) the forward product is trainer.native's (every model's tiles spread over the
-threads) and the weight gradient is not computed here at all: the backward leaves its inputs to BatchedAdam, which
-forms it and takes the Adam step in one pass. With `data_dtype` = bfloat16
-(Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the copy, in bf16, when the
+milliseconds on these virtual machines; made at the first step that needs it, so never on the native path). In
+the trainer (`defer_data_grads`, float32 on a CPU where trainer.native's kernels are built) the forward product
+is trainer.native's (every model's tiles spread over the threads) and the weight gradient is not computed here at
+all: the backward leaves its inputs to BatchedAdam, which forms it and takes the Adam step in one pass. With
+`data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the copy, in bf16, when the
 dropout draws fit in 8 bits) and of the weights, kept in reused buffers too (autocast would cast into fresh tensors
 every step); the trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
 """
