@@ -22,9 +22,10 @@ milliseconds on these virtual machines; made at the first step that needs it, so
 the trainer (`defer_data_grads`, float32 on a CPU where trainer.native's kernels are built) the forward product
 is trainer.native's (every model's tiles spread over the threads) and the weight gradient is not computed here at
 all: the backward leaves its inputs to BatchedAdam, which forms it and takes the Adam step in one pass. With
-`data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the copy, in bf16, when the
-dropout draws fit in 8 bits) and of the weights, kept in reused buffers too (autocast would cast into fresh tensors
-every step); the trainer runs the other layers under autocast; weights, gradients and Adam stay float32.
+`data_dtype` = bfloat16 (Protocol.train_bf16) these layers multiply bf16 copies of the inputs (masked after the
+copy, in bf16, when the dropout draws fit in 8 bits) and of the weights, kept in reused buffers too (autocast would
+cast into fresh tensors every step); the trainer runs the other layers under autocast; weights, gradients and
+Adam stay float32.
 """
 
 from __future__ import annotations
