@@ -81,7 +81,9 @@ def _compile(cc: str) -> Path:
                               timeout=120)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(f"{cc} failed ({said[-1] if said else f'exit status {proc.returncode}'})")
+            errors = [ln.strip() for ln in said if "error" in ln]     # the first error, not the caret line under it
+            why = errors[0] if errors else said[-1].strip() if said else f"exit status {proc.returncode}"
+            raise RuntimeError(f"{cc} failed ({why})")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -78,18 +78,12 @@ static void mm_nn(const float *X, int ldx, const float *W, int N, float *Y, int 
     for (; r < rows; r++) {
         const float *x0 = X + (size_t)r * ldx;
         float *y0 = Y + (size_t)r * ldy;
-        for (int n = 0; n < N; n += 16) {
-            v16 a0 = {0};
-            for (int d = 0; d < D; d++) a0 += x0[d] * load16(W + (size_t)d * N + n);
-            store16(y0 + n, a0);
+        for (int n = 0; n < N; n += VN) {
+            vn a0 = {0};
+            for (int d = 0; d < D; d++) a0 += x0[d] * loadn(W + (size_t)d * N + n);
+            storen(y0 + n, a0);
         }
     }
-}
-
-static inline float hsum(v16 v) {
-    float s = 0.0f;
-    for (int i = 0; i < 16; i++) s += v[i];
-    return s;
 }
 
 /* Y[r, n] = X[r, :D] . WT[n, :D] for a narrow N (the M weights, C classes, V valence outputs): each a dot
@@ -100,9 +94,11 @@ static void mm_dot(const float *X, int ldx, const float *WT, int N, float *Y, in
         const float *x = X + (size_t)r * ldx;
         for (int n = 0; n < N; n++) {
             const float *w = WT + (size_t)n * D;
-            v16 acc = {0};
-            for (int d = 0; d < D16; d += 16) acc += load16(x + d) * load16(w + d);
-            float s = hsum(acc);
+            vn acc[NV] = {{0}};
+            for (int d = 0; d < D16; d += 16)
+                UNROLL_NV
+                for (int j = 0; j < NV; j++) acc[j] += loadn(x + d + j * VN) * loadn(w + d + j * VN);
+            float s = hsum16(acc);
             for (int d = D16; d < D; d++) s += x[d] * w[d];
             Y[(size_t)r * ldy + n] = s;
         }
@@ -145,9 +141,11 @@ static void mm_tn(const float *X, int ldx, const float *G, int ldg, float *dW, f
         int d = 0;
         for (; d + 16 <= D; d += 16)
             for (int n = 0; n < N; n++) {
-                v16 acc = {0};
-                for (int r = 0; r < rows; r++) acc += G[(size_t)r * ldg + n] * load16(X + (size_t)r * ldx + d);
-                for (int i = 0; i < 16; i++) dW[(size_t)(d + i) * N + n] = acc[i];
+                vn acc[NV] = {{0}};
+                for (int r = 0; r < rows; r++)
+                    UNROLL_NV
+                    for (int j = 0; j < NV; j++) acc[j] += G[(size_t)r * ldg + n] * loadn(X + (size_t)r * ldx + d + j * VN);
+                for (int i = 0; i < 16; i++) dW[(size_t)(d + i) * N + n] = acc[i / VN][i % VN];
             }
         for (; d < D; d++)
             for (int n = 0; n < N; n++) {
@@ -182,6 +180,7 @@ static void relu_grad(float *G, int ldg, const float *A, int lda, int rows, int 
             if (!(A[(size_t)r * lda + n] > 0.0f)) G[(size_t)r * ldg + n] = 0.0f;
 }
 
+#if WIDE_TILES
 /* One round of a 16 x 16 transpose in registers: rows i and i + b (i & b == 0) swap the elements whose row and
    column differ in bit b. After the rounds b = 8, 4, 2, 1 every row and column index has swapped all its bits. */
 #define ARGS(...) __VA_ARGS__
@@ -192,9 +191,16 @@ static void relu_grad(float *G, int ldg, const float *A, int lda, int rows, int 
             v16 hi = __builtin_shufflevector(r[i], r[i + (b)], ARGS HI);                                    \
             r[i] = lo; r[i + (b)] = hi;                                                                     \
         }
+#endif
 
 /* T[:N, :D] = W[:D, :N]^T; D and N multiples of 16 (the kernel's H and M H) */
 static void transpose(const float *W, int D, int N, float *T) {
+#if !WIDE_TILES     /* 16 x 16 blocks element by element (sixteen 64-byte registers are AVX-512's) */
+    for (int d0 = 0; d0 < D; d0 += 16)
+        for (int n0 = 0; n0 < N; n0 += 16)
+            for (int j = 0; j < 16; j++)
+                for (int i = 0; i < 16; i++) T[(size_t)(n0 + j) * D + d0 + i] = W[(size_t)(d0 + i) * N + n0 + j];
+#else
     for (int d0 = 0; d0 < D; d0 += 16)
         for (int n0 = 0; n0 < N; n0 += 16) {
             v16 r[16];
@@ -209,6 +215,7 @@ static void transpose(const float *W, int D, int N, float *T) {
                   (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
             for (int j = 0; j < 16; j++) store16(T + (size_t)(n0 + j) * D + d0, r[j]);
         }
+#endif
 }
 
 static int rows_per_task(int K, int B, int threads) {
@@ -323,9 +330,11 @@ static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
         float *g = gs + (size_t)r * M;
         for (int b = 0; b < M; b++) {
             const float *h = t->h + b * KBH + (kr + r) * H;
-            v16 acc = {0};
-            for (int n = 0; n < H; n += 16) acc += load16(gf + (size_t)r * H + n) * load16(h + n);
-            g[b] = hsum(acc) + (t->g_weights ? t->g_weights[(kr + r) * M + b] : 0.0f);
+            vn acc[NV] = {{0}};
+            for (int n = 0; n < H; n += 16)
+                UNROLL_NV
+                for (int j = 0; j < NV; j++) acc[j] += loadn(gf + (size_t)r * H + n + j * VN) * loadn(h + n + j * VN);
+            g[b] = hsum16(acc) + (t->g_weights ? t->g_weights[(kr + r) * M + b] : 0.0f);
         }
         if (t->softmax) {
             float dot = 0.0f;

@@ -5,12 +5,43 @@
 #include <stddef.h>
 #include "vec.h"
 
+/* tile4x64 (below), 16 columns wide: the columns past the last 64 (widths 80, 96, 112, ...), and tile4x64's
+   quarters where !WIDE_TILES */
+static inline void tile4x16(const float *a0, const float *a1, const float *a2, const float *a3, size_t sa,
+                            const float *b, size_t ldb, int steps, float *y0, float *y1, float *y2, float *y3,
+                            int add) {
+    vn c0[NV], c1[NV], c2[NV], c3[NV], z = {0};
+    UNROLL_NV
+    for (int j = 0; j < NV; j++) {
+        c0[j] = add ? loadn(y0 + j * VN) : z; c1[j] = add ? loadn(y1 + j * VN) : z;
+        c2[j] = add ? loadn(y2 + j * VN) : z; c3[j] = add ? loadn(y3 + j * VN) : z;
+    }
+    for (int i = 0; i < steps; i++) {
+        const float *bi = b + (size_t)i * ldb;
+        float s0 = a0[i * sa], s1 = a1[i * sa], s2 = a2[i * sa], s3 = a3[i * sa];
+        UNROLL_NV
+        for (int j = 0; j < NV; j++) {
+            vn w = loadn(bi + j * VN);
+            c0[j] += s0 * w; c1[j] += s1 * w; c2[j] += s2 * w; c3[j] += s3 * w;
+        }
+    }
+    UNROLL_NV
+    for (int j = 0; j < NV; j++) {
+        storen(y0 + j * VN, c0[j]); storen(y1 + j * VN, c1[j]); storen(y2 + j * VN, c2[j]); storen(y3 + j * VN, c3[j]);
+    }
+}
+
 /* Four rows of a product in registers: y_j[0:64] (+)= sum_i a_j[i sa] b[i ldb + 0:64] for j = 0..3, i < steps
    (add = 0: y is overwritten). With a_j = rows of x (sa = 1) and b = rows of W it is a forward product's tile;
-   with a_j = columns of x (sa = row stride) and b = rows of an output gradient, a weight gradient's. */
+   with a_j = columns of x (sa = row stride) and b = rows of an output gradient, a weight gradient's. Where
+   !WIDE_TILES (vec.h) it runs as four 4 x 16 tiles. */
 static inline void tile4x64(const float *a0, const float *a1, const float *a2, const float *a3, size_t sa,
                             const float *b, size_t ldb, int steps, float *y0, float *y1, float *y2, float *y3,
                             int add) {
+#if !WIDE_TILES
+    for (int c = 0; c < 64; c += 16)
+        tile4x16(a0, a1, a2, a3, sa, b + c, ldb, steps, y0 + c, y1 + c, y2 + c, y3 + c, add);
+#else
     v16 z = {0};
     v16 a00 = add ? load16(y0) : z, a01 = add ? load16(y0 + 16) : z, a02 = add ? load16(y0 + 32) : z;
     v16 a03 = add ? load16(y0 + 48) : z, a10 = add ? load16(y1) : z, a11 = add ? load16(y1 + 16) : z;
@@ -32,19 +63,7 @@ static inline void tile4x64(const float *a0, const float *a1, const float *a2, c
     store16(y1, a10); store16(y1 + 16, a11); store16(y1 + 32, a12); store16(y1 + 48, a13);
     store16(y2, a20); store16(y2 + 16, a21); store16(y2 + 32, a22); store16(y2 + 48, a23);
     store16(y3, a30); store16(y3 + 16, a31); store16(y3 + 32, a32); store16(y3 + 48, a33);
-}
-
-/* the same, 16 columns wide: the columns past the last 64 (widths 80, 96, 112, ...) */
-static inline void tile4x16(const float *a0, const float *a1, const float *a2, const float *a3, size_t sa,
-                            const float *b, size_t ldb, int steps, float *y0, float *y1, float *y2, float *y3,
-                            int add) {
-    v16 z = {0};
-    v16 c0 = add ? load16(y0) : z, c1 = add ? load16(y1) : z, c2 = add ? load16(y2) : z, c3 = add ? load16(y3) : z;
-    for (int i = 0; i < steps; i++) {
-        v16 w0 = load16(b + (size_t)i * ldb);
-        c0 += a0[i * sa] * w0; c1 += a1[i * sa] * w0; c2 += a2[i * sa] * w0; c3 += a3[i * sa] * w0;
-    }
-    store16(y0, c0); store16(y1, c1); store16(y2, c2); store16(y3, c3);
+#endif
 }
 
 /* y rows [r0, r1) x columns [h0, h1) += x rows [r0, r1) x W rows [d0, d1): 4 x 64 tiles where h1 - h0 = 64, else

@@ -32,16 +32,19 @@
 
 struct adam { float beta1c, beta2, beta2c, eps, wd, step_size, bc2_sqrt; };
 
-static inline void adam_vec(float *w_, float *m_, float *v_, v16 dw, const struct adam *a) {
-    v16 w, m, v, den;
-    __builtin_memcpy(&w, w_, 64); __builtin_memcpy(&m, m_, 64); __builtin_memcpy(&v, v_, 64);
-    v16 gr = dw + a->wd * w;
-    m = m + a->beta1c * (gr - m);
-    v = a->beta2 * v + a->beta2c * gr * gr;
-    for (int e = 0; e < 16; e++) den[e] = __builtin_sqrtf(v[e]);
-    den = den / a->bc2_sqrt + a->eps;
-    w = w - a->step_size * m / den;
-    __builtin_memcpy(w_, &w, 64); __builtin_memcpy(m_, &m, 64); __builtin_memcpy(v_, &v, 64);
+/* the Adam step of 16 consecutive parameters (dw: their gradient, NV vectors) */
+static inline void adam_vec(float *w_, float *m_, float *v_, const vn *dw, const struct adam *a) {
+    UNROLL_NV
+    for (int j = 0; j < NV; j++) {
+        vn w = loadn(w_ + j * VN), m = loadn(m_ + j * VN), v = loadn(v_ + j * VN), den = v;
+        vn gr = dw[j] + a->wd * w;
+        m = m + a->beta1c * (gr - m);
+        v = a->beta2 * v + a->beta2c * gr * gr;
+        for (int e = 0; e < VN; e++) den[e] = __builtin_sqrtf(v[e]);
+        den = den / a->bc2_sqrt + a->eps;
+        w = w - a->step_size * m / den;
+        storen(w_ + j * VN, w); storen(m_ + j * VN, m); storen(v_ + j * VN, v);
+    }
 }
 
 static inline void adam_one(float *w, float *m, float *v, float dw, const struct adam *a) {
@@ -51,12 +54,39 @@ static inline void adam_one(float *w, float *m, float *v, float dw, const struct
     *w = *w - a->step_size * *m / (__builtin_sqrtf(*v) / a->bc2_sqrt + a->eps);
 }
 
+/* Rows [r, r + 4) x columns [h0, h0 + 16): the columns left after the 64-wide tiles (H = 80, 96, 112, ...), and
+   adam_tile4x64's quarters where !WIDE_TILES (vec.h). */
+static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
+                            float *v, size_t row0, const struct adam *a) {
+    vn acc[4][NV], z = {0};
+    UNROLL_NV
+    for (int j = 0; j < NV; j++) acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = z;
+    const float *xq = xt + (size_t)r * B;
+    for (int b = 0; b < B; b++) {
+        const float *gb = gk + (size_t)b * H + h0;
+        float s0 = xq[4 * b], s1 = xq[4 * b + 1], s2 = xq[4 * b + 2], s3 = xq[4 * b + 3];
+        UNROLL_NV
+        for (int j = 0; j < NV; j++) {
+            vn g0 = loadn(gb + j * VN);
+            acc[0][j] += s0 * g0; acc[1][j] += s1 * g0; acc[2][j] += s2 * g0; acc[3][j] += s3 * g0;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        size_t off = (row0 + (size_t)(r + i)) * H + h0;
+        adam_vec(W + off, m + off, v + off, acc[i], a);
+    }
+}
+
 /* Rows [r, r + 4) x columns [h0, h0 + 64) of one block: xt holds the block's x transposed, rows [r, r + 4) at
    xt + r B as [b][4]. While its FMAs run, the tile prefetches (for writing) the W, m and v lines of the same tile
    PFD rows further on (pf: those rows are the model's), one line of each per batch row for the first 16: the
    hardware prefetcher alone left the Adam updates waiting on memory (the pass ran 4-10% slower). */
 static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
                             float *v, size_t row0, const struct adam *a, int pf) {
+#if !WIDE_TILES
+    (void)pf;
+    for (int c = 0; c < 64; c += 16) adam_tile4x16(xt, r, B, gk, H, h0 + c, W, m, v, row0, a);
+#else
     v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
     const float *xq = xt + (size_t)r * B;
@@ -79,25 +109,9 @@ static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk,
     v16 acc[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
     for (int i = 0; i < 4; i++) {
         size_t off = (row0 + (size_t)(r + i)) * H + h0;
-        for (int j = 0; j < 4; j++) adam_vec(W + off + 16 * j, m + off + 16 * j, v + off + 16 * j, acc[i][j], a);
+        for (int j = 0; j < 4; j++) adam_vec(W + off + 16 * j, m + off + 16 * j, v + off + 16 * j, &acc[i][j], a);
     }
-}
-
-/* Rows [r, r + 4) x columns [h0, h0 + 16): the columns left after the 64-wide tiles (H = 80, 96, 112, ...). */
-static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
-                            float *v, size_t row0, const struct adam *a) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    const float *xq = xt + (size_t)r * B;
-    for (int b = 0; b < B; b++) {
-        v16 g0;
-        __builtin_memcpy(&g0, gk + (size_t)b * H + h0, 64);
-        a0 += xq[4 * b] * g0; a1 += xq[4 * b + 1] * g0; a2 += xq[4 * b + 2] * g0; a3 += xq[4 * b + 3] * g0;
-    }
-    v16 acc[4] = {a0, a1, a2, a3};
-    for (int i = 0; i < 4; i++) {
-        size_t off = (row0 + (size_t)(r + i)) * H + h0;
-        adam_vec(W + off, m + off, v + off, acc[i], a);
-    }
+#endif
 }
 
 /* The Adam step of rows [r0, r0 + nr) x columns [h0, h1) of model k's W (global row row0 = k D + r0): the block's
