@@ -22,6 +22,7 @@ static inline void tile4x16(const float *a0, const float *a1, const float *a2, c
         UNROLL_NV
         for (int j = 0; j < NV; j++) {
             vn w = loadn(bi + j * VN);
+            KEEP_VN(w);
             c0[j] += s0 * w; c1[j] += s1 * w; c2[j] += s2 * w; c3[j] += s3 * w;
         }
     }

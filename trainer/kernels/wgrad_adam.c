@@ -55,19 +55,25 @@ static inline void adam_one(float *w, float *m, float *v, float dw, const struct
 }
 
 /* Rows [r, r + 4) x columns [h0, h0 + 16): the columns left after the 64-wide tiles (H = 80, 96, 112, ...), and
-   adam_tile4x64's quarters where !WIDE_TILES (vec.h). */
+   adam_tile4x64's quarters where !WIDE_TILES (vec.h); those (pf) prefetch the W, m and v lines of their 16 columns
+   PFD rows on, one row of four per batch row (see adam_tile4x64). */
 static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
-                            float *v, size_t row0, const struct adam *a) {
+                            float *v, size_t row0, const struct adam *a, int pf) {
     vn acc[4][NV], z = {0};
     UNROLL_NV
     for (int j = 0; j < NV; j++) acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = z;
     const float *xq = xt + (size_t)r * B;
     for (int b = 0; b < B; b++) {
         const float *gb = gk + (size_t)b * H + h0;
+        if (pf && b < 4) {
+            size_t o = (row0 + (size_t)(r + PFD + b)) * H + h0;
+            __builtin_prefetch(W + o, 1, 3); __builtin_prefetch(m + o, 1, 3); __builtin_prefetch(v + o, 1, 3);
+        }
         float s0 = xq[4 * b], s1 = xq[4 * b + 1], s2 = xq[4 * b + 2], s3 = xq[4 * b + 3];
         UNROLL_NV
         for (int j = 0; j < NV; j++) {
             vn g0 = loadn(gb + j * VN);
+            KEEP_VN(g0);
             acc[0][j] += s0 * g0; acc[1][j] += s1 * g0; acc[2][j] += s2 * g0; acc[3][j] += s3 * g0;
         }
     }
@@ -84,8 +90,7 @@ static inline void adam_tile4x16(const float *xt, int r, int B, const float *gk,
 static inline void adam_tile4x64(const float *xt, int r, int B, const float *gk, int H, int h0, float *W, float *m,
                             float *v, size_t row0, const struct adam *a, int pf) {
 #if !WIDE_TILES
-    (void)pf;
-    for (int c = 0; c < 64; c += 16) adam_tile4x16(xt, r, B, gk, H, h0 + c, W, m, v, row0, a);
+    for (int c = 0; c < 64; c += 16) adam_tile4x16(xt, r, B, gk, H, h0 + c, W, m, v, row0, a, pf);
 #else
     v16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
     v16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
@@ -136,7 +141,7 @@ static void adam_block(const float *xk, const float *gk, float *xt, int B, int D
             }
         int h = h0, pf = r0 + r + PFD + 4 <= D;
         for (; h + 64 <= h1; h += 64) adam_tile4x64(xt, r, B, gk, H, h, W, m, v, row0, a, pf);
-        for (; h + 16 <= h1; h += 16) adam_tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a);
+        for (; h + 16 <= h1; h += 16) adam_tile4x16(xt, r, B, gk, H, h, W, m, v, row0, a, 0);
         for (int i = 0; i < 4; i++)
             for (int hh = h; hh < h1; hh++) {
                 float s = 0.0f;
