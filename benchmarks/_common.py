@@ -12,11 +12,15 @@ from pathlib import Path
 
 
 def machine() -> str:
-    """nproc, CPU model, RAM and Python version, for RESULTS.md."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    """nproc, CPU model and its widest vector ISA, RAM and Python version, for RESULTS.md (the same model name
+    covers VMs with and without AVX-512, and the kernels' speed depends on it)."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith(("flags", "Features"))), []))
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"))
+                if flag in flags), "no AVX")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"nproc {os.cpu_count()}, {cpu}, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    return f"nproc {os.cpu_count()}, {cpu} ({isa}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def uptime() -> str:

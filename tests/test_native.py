@@ -4,6 +4,8 @@ switched off)."""
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 
 import numpy as np
@@ -376,3 +378,63 @@ def test_prefetch_applies_where_the_draws_allow_it() -> None:
     tfn = build_model("tfn", spec(K=2, hidden=16)).train()
     tfn.defer_data_grads = True
     assert not tfn.prefetch(x, None)                 # its forward draws in another order
+
+
+def _kernel_outputs() -> list[torch.Tensor]:
+    """What the loaded kernels make of fixed inputs with row and column tails: data_forward, two fused Adam steps
+    with their next-step products, and the attention trunk's forward and backward (outputs and gradients)."""
+    from test_native_trunk import train_step
+
+    gen = torch.Generator().manual_seed(11)
+    outs = []
+    for K, B, D, H in ((3, 37, 131, 80), (2, 32, 300, 128)):
+        x, xn = torch.randn(K, B, D, generator=gen), torch.randn(K, B, D, generator=gen)
+        st = [torch.randn(K, D, H, generator=gen) * 0.05, torch.zeros(K, D, H), torch.zeros(K, D, H)]
+        b, scale = torch.randn(K, 1, H, generator=gen), torch.rand(K, 1, 1, generator=gen) + 1
+        outs.append(native.data_forward(x, st[0], b, scale))
+        for step in range(2):
+            g = torch.randn(K, B, H, generator=gen) * 1e-2
+            outs.append(native.wgrad_adam_(x, g, *st, [1e-3] * K, [1e-5] * K, [step] * K, [True] * K, (0.9, 0.999),
+                                           1e-8, x_next=xn))
+        outs += st
+    with pytest.MonkeyPatch.context() as mp:
+        out, grads, calls = train_step(3, 9, True, mp, hidden=80, softmax=True)
+    assert calls == 1
+    return outs + [out[k] for k in sorted(out)] + [grads[k] for k in sorted(grads)]
+
+
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_a_narrower_vector_unit_gives_the_same_bits(lanes: int) -> None:
+    """vec.h: every lane is summed in one order whatever the width of the native vectors, so a build with narrower
+    ones (-DVN=4: NEON's width; 8: AVX2's) makes this CPU's build's numbers bit for bit."""
+    if lanes >= native.vector_lanes():
+        pytest.skip(f"this CPU's kernels use {native.vector_lanes()} lanes")
+    ours = _kernel_outputs()
+    variant = native.build_variant(f"-DVN={lanes}")
+    assert variant.vector_lanes() == lanes
+    try:
+        native._lib, native._tried = variant, True
+        narrow = _kernel_outputs()
+    finally:
+        native.reset()
+    assert len(ours) == len(narrow) and all(torch.equal(a, b) for a, b in zip(ours, narrow))
+
+
+def test_vector_width_follows_the_cpu() -> None:
+    flags = set()
+    with open("/proc/cpuinfo", errors="replace") as f:
+        for line in f:
+            if line.startswith(("flags", "Features")):
+                flags |= set(line.split(":", 1)[1].split())
+    expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
+    assert native.vector_lanes() == expected
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 ISA levels")
+@pytest.mark.parametrize("march", ["x86-64-v2", "x86-64-v3", "x86-64-v4"])
+def test_the_kernels_build_for_every_x86_level(march: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSE only (4 lanes, no FMA), AVX2 (8) and AVX-512 (16: the wide tiles) all compile, whichever of them this
+    CPU runs: a build that only the test machine's ISA exercises once broke every CPU without AVX-512."""
+    monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
+    lib = native._compile(os.environ.get("CC") or "cc", (f"-march={march}",))
+    assert lib.exists() and lib.stat().st_size > 10_000

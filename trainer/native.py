@@ -66,8 +66,9 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("FEATSTORE_KERNEL_CACHE") or Path.home() / ".cache" / "featstore" / "kernels")
 
 
-def _compile(cc: str) -> Path:
-    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(FLAGS).encode(), cc.encode(),
+def _compile(cc: str, extra: Sequence[str] = ()) -> Path:
+    flags = (*FLAGS, *extra)
+    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(flags).encode(), cc.encode(),
              _cpu_signature().encode(), torch.__version__.encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
     out = _cache_dir() / f"kernels-{key}.so"
@@ -77,7 +78,7 @@ def _compile(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)   # several processes may compile at once
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
                               timeout=120)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).strip().splitlines()
@@ -102,6 +103,33 @@ def _torch_gomp() -> bool:
     return "libgomp" in maps and "OpenMP" in torch.__config__.parallel_info()
 
 
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Sets the argument and result types of the kernels' entry points."""
+    P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.wgrad_adam.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, P, P, P, P, F, F, F, F, I]
+    lib.wgrad_adam.restype = I
+    lib.data_forward.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, I]
+    lib.data_forward.restype = None
+    lib.wgrad_adam_next.argtypes = lib.wgrad_adam.argtypes[:-1] + [P, ctypes.c_longlong, P, I]
+    lib.wgrad_adam_next.restype = I
+    lib.scale_bias.argtypes = [P, P, P, I, I, I]
+    lib.scale_bias.restype = None
+    lib.dropout_apply.argtypes = [P, ctypes.c_longlong, P, ctypes.c_longlong, P, P, P, P, I, ctypes.c_longlong, I]
+    lib.dropout_apply.restype = None
+    for f in (lib.trunk_forward, lib.trunk_backward):    # trainer.native_trunk
+        f.argtypes, f.restype = [P], None
+    lib.vector_lanes.argtypes, lib.vector_lanes.restype = [], ctypes.c_int
+    return lib
+
+
+def build_variant(*flags: str) -> ctypes.CDLL:
+    """The kernels compiled with extra compiler flags and loaded beside the main build, for tests that compare
+    builds: `-DVN=4` (a narrower vector unit than the CPU's, as NEON has), `-march=...` (another ISA; load it only
+    where the CPU runs it). RuntimeError naming the compiler's first error when the build fails."""
+    cc = os.environ.get("CC") or "cc"
+    return _declare(ctypes.CDLL(str(_compile(cc, flags))))
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _reason, _tried
     with _lock:
@@ -123,19 +151,7 @@ def _load() -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _reason = f"could not build the kernels in {KERNELS.parent.name}/{KERNELS.name}: {e}"
             return None
-        P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-        lib.wgrad_adam.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, P, P, P, P, F, F, F, F, I]
-        lib.wgrad_adam.restype = I
-        lib.data_forward.argtypes = [P, ctypes.c_longlong, P, P, P, P, I, I, I, I, I]
-        lib.data_forward.restype = None
-        lib.wgrad_adam_next.argtypes = lib.wgrad_adam.argtypes[:-1] + [P, ctypes.c_longlong, P, I]
-        lib.wgrad_adam_next.restype = I
-        lib.scale_bias.argtypes = [P, P, P, I, I, I]
-        lib.scale_bias.restype = None
-        lib.dropout_apply.argtypes = [P, ctypes.c_longlong, P, ctypes.c_longlong, P, P, P, P, I, ctypes.c_longlong, I]
-        lib.dropout_apply.restype = None
-        for f in (lib.trunk_forward, lib.trunk_backward):    # trainer.native_trunk
-            f.argtypes, f.restype = [P], None
+        _declare(lib)
         _lib = lib
         return lib
 
@@ -164,6 +180,12 @@ def reset() -> None:
 def unavailable() -> str | None:
     """Why the kernels cannot be used (loading them first if not tried yet), or None when they are loaded."""
     return None if _load() is not None else _reason
+
+
+def vector_lanes() -> int:
+    """The float32 lanes of the kernels' native vectors (16: AVX-512, 8: AVX2, 4: NEON / SSE); RuntimeError when
+    the kernels are not available."""
+    return int(_loaded().vector_lanes())
 
 
 def status() -> str:

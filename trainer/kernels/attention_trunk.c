@@ -16,9 +16,10 @@
    each, summed over the rows in order. Every element is computed by one thread in one order, so results do not
    depend on the thread count.
    Products of width H or M * H run in 4-row x 64-column (then 16-column) register tiles; the narrow ones (M
-   weights, C classes, V valence outputs) as dot products in 16 lanes over the transposed weights.
+   weights, C classes, V valence outputs) as dot products in 16 lanes over the transposed weights. Without
+   AVX-512 (vec.h) the 64-column tiles run as four 16-column ones, and the square transposes element by element.
    ReLU keeps NaN as torch.relu does; its gradient passes where the output is > 0 (threshold_backward).
-   GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
+   GCC vector extensions (no intrinsics, see vec.h): the compiler maps them to AVX-512, AVX2 or NEON. */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -144,7 +145,8 @@ static void mm_tn(const float *X, int ldx, const float *G, int ldg, float *dW, f
                 vn acc[NV] = {{0}};
                 for (int r = 0; r < rows; r++)
                     UNROLL_NV
-                    for (int j = 0; j < NV; j++) acc[j] += G[(size_t)r * ldg + n] * loadn(X + (size_t)r * ldx + d + j * VN);
+                    for (int j = 0; j < NV; j++)
+                        acc[j] += G[(size_t)r * ldg + n] * loadn(X + (size_t)r * ldx + d + j * VN);
                 for (int i = 0; i < 16; i++) dW[(size_t)(d + i) * N + n] = acc[i / VN][i % VN];
             }
         for (; d < D; d++)
@@ -333,7 +335,8 @@ static void backward_rows(const trunk_t *t, int k, int r0, int rows) {
             vn acc[NV] = {{0}};
             for (int n = 0; n < H; n += 16)
                 UNROLL_NV
-                for (int j = 0; j < NV; j++) acc[j] += loadn(gf + (size_t)r * H + n + j * VN) * loadn(h + n + j * VN);
+                for (int j = 0; j < NV; j++)
+                    acc[j] += loadn(gf + (size_t)r * H + n + j * VN) * loadn(h + n + j * VN);
             g[b] = hsum16(acc) + (t->g_weights ? t->g_weights[(kr + r) * M + b] : 0.0f);
         }
         if (t->softmax) {

@@ -4,12 +4,13 @@
 
    torch's bmm over K = 5 models runs each model's product on one thread (3 + 2 over two cores); here the parallel
    tasks are (model, rows, 64 columns) tiles -- all B rows, or fewer when that gives under four tasks a thread -- so
-   two threads get equal shares. Inside a task the reduction over D goes in chunks of DC rows of W (a 128-KB block
-   of its 64 columns that stays in the core's L2 while every group of four input rows passes over it); four rows
-   x 64 columns of y sit in sixteen 16-float vectors. Each element of y is summed by one thread in one order
-   (d = 0, 1, ..., D - 1), so the result does not depend on the thread count.
+   two threads get equal shares. Inside a task the reduction over D goes in chunks of DC rows of W (a block of its
+   64 columns that stays in the core's L2 while every group of four input rows passes over it); four rows x 64
+   columns of y sit in sixteen 16-float vectors (AVX-512; elsewhere four 4 x 16 tiles pass over the block, each
+   column strip of it then in L1). Each element of y is summed by one thread in one order (d = 0, 1, ..., D - 1),
+   so the result does not depend on the thread count.
    H must be a multiple of 16 (trainer.native sends nothing else); rows past the last four take a scalar loop.
-   GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
+   GCC vector extensions (no intrinsics, see vec.h): the compiler maps them to AVX-512, AVX2 or NEON. */
 #include <stddef.h>
 
 #include "forward_tile.h"
@@ -49,3 +50,6 @@ void scale_bias(float *y, const float *b, const float *scale, int K, int B, int 
     for (int k = 0; k < K; k++)
         scale_bias_rows(y + (size_t)k * B * H, H, 0, B, 0, H, scale ? scale[k] : 1.0f, b ? b + (size_t)k * H : NULL);
 }
+
+/* the float32 lanes of the kernels' native vectors (vec.h's VN) */
+int vector_lanes(void) { return VN; }

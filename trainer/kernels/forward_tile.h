@@ -28,7 +28,8 @@ static inline void tile4x16(const float *a0, const float *a1, const float *a2, c
     }
     UNROLL_NV
     for (int j = 0; j < NV; j++) {
-        storen(y0 + j * VN, c0[j]); storen(y1 + j * VN, c1[j]); storen(y2 + j * VN, c2[j]); storen(y3 + j * VN, c3[j]);
+        storen(y0 + j * VN, c0[j]); storen(y1 + j * VN, c1[j]);
+        storen(y2 + j * VN, c2[j]); storen(y3 + j * VN, c3[j]);
     }
 }
 

@@ -8,12 +8,14 @@
 #ifndef FEATSTORE_VEC_H
 #define FEATSTORE_VEC_H
 
+#ifndef VN             /* -DVN=4 or 8: a narrower unit than the CPU's (tests compare the builds bit for bit) */
 #if defined(__AVX512F__)
 #define VN 16
 #elif defined(__AVX__)
 #define VN 8
 #else
 #define VN 4
+#endif
 #endif
 #define NV (16 / VN)
 

@@ -15,8 +15,9 @@
    transposition 16-byte copies rather than scalar ones, which took 13-20% of the pass); the Adam update then
    runs on those vectors.
    Columns past the last 64 go four rows x 16 at a time; rows past the last four and columns past the last 16
-   (trainer.native sends only H % 16 == 0) take a scalar loop.
-   GCC vector extensions (no intrinsics): the compiler maps them to AVX-512, AVX2 or NEON. */
+   (trainer.native sends only H % 16 == 0) take a scalar loop. Without AVX-512 a 4 x 64 tile runs as four
+   4 x 16 ones (vec.h's WIDE_TILES), with the same sums.
+   GCC vector extensions (no intrinsics, see vec.h): the compiler maps them to AVX-512, AVX2 or NEON. */
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
