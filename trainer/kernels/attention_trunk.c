@@ -182,22 +182,33 @@ static void relu_grad(float *G, int ldg, const float *A, int lda, int rows, int 
             if (!(A[(size_t)r * lda + n] > 0.0f)) G[(size_t)r * ldg + n] = 0.0f;
 }
 
-#if WIDE_TILES
 /* One round of a 16 x 16 transpose in registers: rows i and i + b (i & b == 0) swap the elements whose row and
-   column differ in bit b. After the rounds b = 8, 4, 2, 1 every row and column index has swapped all its bits. */
+   column differ in bit b. After the rounds b = 8, 4, 2, 1 every row and column index has swapped all its bits.
+   ROUND8: the same in 8 lanes, for an 8 x 8 transpose (b = 4, 2, 1). */
 #define ARGS(...) __VA_ARGS__
-#define ROUND(r, b, LO, HI)                                                                                 \
-    for (int i = 0; i < 16; i++)                                                                            \
+#define ROUND_N(n, r, b, LO, HI)                                                                            \
+    for (int i = 0; i < (n); i++)                                                                           \
         if (!(i & (b))) {                                                                                   \
-            v16 lo = __builtin_shufflevector(r[i], r[i + (b)], ARGS LO);                                    \
-            v16 hi = __builtin_shufflevector(r[i], r[i + (b)], ARGS HI);                                    \
+            vn lo = __builtin_shufflevector(r[i], r[i + (b)], ARGS LO);                                     \
+            vn hi = __builtin_shufflevector(r[i], r[i + (b)], ARGS HI);                                     \
             r[i] = lo; r[i + (b)] = hi;                                                                     \
         }
-#endif
+#define ROUND(r, b, LO, HI) ROUND_N(16, r, b, LO, HI)
+#define ROUND8(r, b, LO, HI) ROUND_N(8, r, b, LO, HI)
 
 /* T[:N, :D] = W[:D, :N]^T; D and N multiples of 16 (the kernel's H and M H) */
 static void transpose(const float *W, int D, int N, float *T) {
-#if !WIDE_TILES     /* 16 x 16 blocks element by element (sixteen 64-byte registers are AVX-512's) */
+#if VN == 8          /* 8 x 8 blocks in registers (AVX2), the same rounds as below for three bits */
+    for (int d0 = 0; d0 < D; d0 += 8)
+        for (int n0 = 0; n0 < N; n0 += 8) {
+            vn r[8];
+            for (int i = 0; i < 8; i++) r[i] = loadn(W + (size_t)(d0 + i) * N + n0);
+            ROUND8(r, 4, (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15))
+            ROUND8(r, 2, (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15))
+            ROUND8(r, 1, (0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15))
+            for (int j = 0; j < 8; j++) storen(T + (size_t)(n0 + j) * D + d0, r[j]);
+        }
+#elif !WIDE_TILES   /* 16 x 16 blocks element by element */
     for (int d0 = 0; d0 < D; d0 += 16)
         for (int n0 = 0; n0 < N; n0 += 16)
             for (int j = 0; j < 16; j++)
