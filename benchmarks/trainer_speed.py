@@ -390,6 +390,10 @@ def main() -> None:
                   f"evaluation); fp32 matmul 4096^2 {mmr / 1e9:.1f} GFLOP/s -> {g['rate_train'] / mmr:.0%} "
                   f"({g['rate_all'] / mmr:.0%})", flush=True)
             p, trunk_flops = g["parts"], g["train_flops"] - g["data_flops"]
+            if not p["data_s"]:     # the PyTorch path (no native kernels): nothing to split the steps by
+                print(f"grid threads={t} {precision} parts: training steps {p['steps_rest_s']:.1f} s on the PyTorch "
+                      f"path, selection + test passes {p['eval_s']:.1f} s, set-up {p['setup_s']:.1f} s", flush=True)
+                continue
             print(f"grid threads={t} {precision} parts: data-layer passes {p['data_s']:.1f} s "
                   f"({g['data_flops'] / p['data_s'] / 1e9:.0f} GFLOP/s, {g['data_bytes'] / p['data_s'] / 1e9:.1f} GB/s "
                   f"of w, m, v; in-place stream {bw / 1e9:.1f} GB/s), trunk {p['trunk_s']:.1f} s "
