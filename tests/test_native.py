@@ -4,7 +4,6 @@ switched off)."""
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 
@@ -421,11 +420,7 @@ def test_a_narrower_vector_unit_gives_the_same_bits(lanes: int) -> None:
 
 
 def test_vector_width_follows_the_cpu() -> None:
-    flags = set()
-    with open("/proc/cpuinfo", errors="replace") as f:
-        for line in f:
-            if line.startswith(("flags", "Features")):
-                flags |= set(line.split(":", 1)[1].split())
+    flags = set(native._cpu_signature().split())      # the CPU's model name and flag lines, as words
     expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
     assert native.vector_lanes() == expected
 
@@ -436,5 +431,5 @@ def test_the_kernels_build_for_every_x86_level(march: str, tmp_path, monkeypatch
     """SSE only (4 lanes, no FMA), AVX2 (8) and AVX-512 (16: the wide tiles) all compile, whichever of them this
     CPU runs: a build that only the test machine's ISA exercises once broke every CPU without AVX-512."""
     monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
-    lib = native._compile(os.environ.get("CC") or "cc", (f"-march={march}",))
+    lib = native._compile(native._compiler(), (f"-march={march}",))
     assert lib.exists() and lib.stat().st_size > 10_000

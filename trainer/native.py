@@ -103,6 +103,11 @@ def _torch_gomp() -> bool:
     return "libgomp" in maps and "OpenMP" in torch.__config__.parallel_info()
 
 
+def _compiler() -> str:
+    """The C compiler: $CC, else cc."""
+    return os.environ.get("CC") or "cc"
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Sets the argument and result types of the kernels' entry points."""
     P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -126,8 +131,7 @@ def build_variant(*flags: str) -> ctypes.CDLL:
     """The kernels compiled with extra compiler flags and loaded beside the main build, for tests that compare
     builds: `-DVN=4` (a narrower vector unit than the CPU's, as NEON has), `-march=...` (another ISA; load it only
     where the CPU runs it). RuntimeError naming the compiler's first error when the build fails."""
-    cc = os.environ.get("CC") or "cc"
-    return _declare(ctypes.CDLL(str(_compile(cc, flags))))
+    return _declare(ctypes.CDLL(str(_compile(_compiler(), flags))))
 
 
 def _load() -> ctypes.CDLL | None:
@@ -142,7 +146,7 @@ def _load() -> ctypes.CDLL | None:
         if not _torch_gomp():
             _reason = "torch does not run on GNU OpenMP (libgomp) here; a second thread pool would compete with its"
             return None
-        cc = os.environ.get("CC") or "cc"
+        cc = _compiler()
         if shutil.which(cc) is None:
             _reason = f"no C compiler ('{cc}' not found; set CC)"
             return None
