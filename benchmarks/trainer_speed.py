@@ -22,11 +22,12 @@ Figures:
      of the per-epoch selection passes and the final test passes, over wall time; compared with the rate
      of a 4096 x 4096 fp32 matmul at the same thread count, measured in the same run. The same run says where
      the grid's wall time went (the data layers' native passes, the attention trunk, the rest of the training
-     steps, the selection and test passes, the models' set-up) and gives two upper bounds on the share: with
+     steps, the selection and test passes, the models' set-up) and gives three upper bounds on the share: with
      everything but the data-layer passes, the trunk and the evaluation passes free; and with the data-layer
      passes at their roofline (a float32 Adam step moves 24 bytes of w, m and v a parameter for 4 x 32 FLOPs:
      min(matmul rate, 5.33 FLOP/byte x the in-place stream bandwidth measured beside it)) and the rest at the
-     matmul rate.
+     matmul rate; a third bound puts every training product at torch.bmm's own rate for its shape at batch 32
+     (measured beside it) and everything else (Adam, dropout, losses, Python, set-up) free.
 
     .venv/bin/python benchmarks/trainer_speed.py --quick          # smoke run (a minute)
     .venv/bin/python benchmarks/trainer_speed.py                  # the figures of RESULTS.md
@@ -255,11 +256,17 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf
     per = {h: step_flops(fs, h) for h in SPACE["hidden"]}
     d_in = sum(fs.features[m].dim for m in MODALITIES)
     train_flops = eval_flops = data_flops = data_bytes = 0
+    shapes: dict[str, dict[str, int]] = {"data": {}, "trunk": {}}   # FLOPs by product shape (the vendor bound)
     for c in cfgs:
         tr, fwd_row = per[c["hidden"]]
         steps = sum(-(-n // 32) for n in n_train) * epochs
         train_flops += steps * tr
         data_flops += steps * 4 * 32 * d_in * c["hidden"]    # forward product + weight gradient of the data layers
+        for m in MODALITIES:
+            key = f"{fs.features[m].dim}x{c['hidden']}"
+            shapes["data"][key] = shapes["data"].get(key, 0) + steps * 4 * 32 * fs.features[m].dim * c["hidden"]
+        key = str(c["hidden"])
+        shapes["trunk"][key] = shapes["trunk"].get(key, 0) + steps * (tr - 4 * 32 * d_in * c["hidden"])
         data_bytes += steps * 24 * d_in * c["hidden"]        # the Adam pass reads and writes w, m, v (float32)
         eval_flops += fwd_row * (n_sel * epochs + n_test * len(plan.folds))
     with step_parts() as spent:
@@ -272,22 +279,49 @@ def grid_flop_rate(fs: FeatureSet, epochs: int, threads: int, n_configs: int, bf
              "setup_s": tm["setup"], "other_s": wall - tm["train"] - tm["select"] - tm["final"] - tm["setup"]}
     return {"configs": len(cfgs), "models": len(cfgs) * len(plan.folds), "epochs": epochs, "wall_s": wall,
             "train_flops": train_flops, "eval_flops": eval_flops, "data_flops": data_flops,
-            "data_bytes": data_bytes, "parts": parts,
+            "data_bytes": data_bytes, "shape_flops": shapes, "parts": parts,
             "rate_train": train_flops / wall, "rate_all": (train_flops + eval_flops) / wall}
 
 
-def grid_bounds(g: dict[str, Any], matmul: float, bandwidth: float) -> dict[str, float]:
+def bmm_rates(shape_flops: dict[str, dict[str, int]], threads: int, models: tuple[int, ...] = (20, 60),
+              batch: int = 32, repeats: int = 10) -> dict[str, dict[str, float]]:
+    """FLOP/s of torch.bmm (the vendor's GEMM: MKL or oneDNN) on the grid's own products at batch 32, the best of
+    `models` models at once: per data-layer shape "DxH" the forward product [32, D] @ [D, H] (the vendor's best of
+    a data layer's two products: its weight gradient [D, 32] @ [32, H] runs at a fraction of that), per hidden
+    size "H" a trunk layer [32, H] @ [H, H]."""
+    torch.set_num_threads(threads)
+    out: dict[str, dict[str, float]] = {"data": {}, "trunk": {}}
+    for part, keys in shape_flops.items():
+        for key in sorted(keys, key=lambda k: [int(v) for v in k.split("x")]):
+            d, h = (int(v) for v in key.split("x")) if part == "data" else (int(key), int(key))
+            for k in models:
+                x, w = torch.randn(k, batch, d), torch.randn(k, d, h)
+                rate = 2 * k * batch * d * h / common.median_seconds(lambda x=x, w=w: torch.bmm(x, w), repeats)
+                out[part][key] = max(out[part].get(key, 0.0), rate)
+    return out
+
+
+def grid_bounds(g: dict[str, Any], matmul: float, bandwidth: float,
+                vendor: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
     """Upper bounds on the grid's training FLOP share (of the matmul rate), from its measured parts:
     `kernels`: the data-layer passes, the trunk and the evaluation passes at their measured rates, all else free;
     `roofline`: the data-layer passes at their roofline (min(matmul, 128 FLOP / 24 bytes x the in-place stream
     bandwidth): a float32 Adam step streams w, m and v in and out for 4 x 32 FLOPs a parameter), trunk and
-    evaluation at the matmul rate, all else free."""
+    evaluation at the matmul rate, all else free;
+    `vendor` (given `bmm_rates`): every training product at torch.bmm's rate for its shape at batch 32 (the data
+    layers' weight gradients at their forward product's rate), evaluation at the matmul rate, all else free
+    (Adam, dropout, losses, the attention, Python, set-up)."""
     p = g["parts"]
     trunk_flops = g["train_flops"] - g["data_flops"]
     kernels = g["train_flops"] / (p["data_s"] + p["trunk_s"] + p["eval_s"]) / matmul
     data_roof = min(matmul, g["data_flops"] / g["data_bytes"] * bandwidth)
     ideal_s = g["data_flops"] / data_roof + (trunk_flops + g["eval_flops"]) / matmul
-    return {"kernels": kernels, "roofline": g["train_flops"] / ideal_s / matmul, "data_roofline_rate": data_roof}
+    out = {"kernels": kernels, "roofline": g["train_flops"] / ideal_s / matmul, "data_roofline_rate": data_roof}
+    if vendor:
+        vendor_s = g["eval_flops"] / matmul + sum(f / vendor[part][key] for part, by in g["shape_flops"].items()
+                                                  for key, f in by.items())
+        out["vendor"] = g["train_flops"] / vendor_s / matmul
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -382,8 +416,10 @@ def main() -> None:
             mm, bw = common.matmul_rate(t), common.stream_bandwidth(t)
             g = grid_flop_rate(fs, args.grid_epochs, t, args.grid_configs, bf16=precision == "bf16")
             mmr, bw = (mm + common.matmul_rate(t)) / 2, (bw + common.stream_bandwidth(t)) / 2
-            bounds = grid_bounds(g, mmr, bw)
+            vendor = bmm_rates(g["shape_flops"], t) if precision == "fp32" else None
+            bounds = grid_bounds(g, mmr, bw, vendor)
             flops[f"{t}/{precision}"] = {**g, "matmul_rate": mmr, "stream_bandwidth": bw, "bounds": bounds,
+                                         "bmm_rates": vendor,
                                          "share_train": g["rate_train"] / mmr, "share_all": g["rate_all"] / mmr}
             print(f"grid threads={t} {precision}: {g['configs']} configs x 5 folds, {g['epochs']} epochs in "
                   f"{g['wall_s']:.1f} s: {g['rate_train'] / 1e9:.1f} GFLOP/s training ({g['rate_all'] / 1e9:.1f} with "
@@ -404,6 +440,12 @@ def main() -> None:
                   f"{bounds['kernels']:.0%}; with the data-layer passes at their roofline "
                   f"({bounds['data_roofline_rate'] / 1e9:.0f} GFLOP/s) and trunk and evaluation at the matmul rate "
                   f"{bounds['roofline']:.0%}", flush=True)
+            if vendor:
+                rates = ", ".join(f"{'data ' if part == 'data' else 'trunk H='}{key} {r / 1e9:.0f}"
+                                  for part, by in vendor.items() for key, r in by.items())
+                print(f"grid threads={t} fp32 bound with every training product at torch.bmm's rate for its shape "
+                      f"(GFLOP/s: {rates}), evaluation at the matmul rate, all else free: {bounds['vendor']:.0%}",
+                      flush=True)
     out["flops"] = flops
     print(f"after: {common.uptime()}")
     if args.json:
