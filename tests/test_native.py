@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import platform
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -433,3 +435,64 @@ def test_the_kernels_build_for_every_x86_level(march: str, tmp_path, monkeypatch
     monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
     lib = native._compile(native._compiler(), (f"-march={march}",))
     assert lib.exists() and lib.stat().st_size > 10_000
+
+
+# the kernels built for another ISA and run under an emulator: (compiler, extra flags, emulator with its sysroot)
+CROSS = {"aarch64": ("aarch64-linux-gnu-gcc", ("-march=armv8-a",), ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"))}
+HARNESS = Path(__file__).with_name("kernel_bits.c")
+
+
+def _kernel_records(cc: str, extra: tuple[str, ...], run: tuple[str, ...], out: Path) -> list[tuple[str, np.ndarray]]:
+    """tests/kernel_bits.c linked against the kernels as trainer.native builds them with `cc` and `extra` flags,
+    run (under `run`, an emulator, where given): its (name, float32 values) records in order."""
+    lib = native._compile(cc, extra)
+    subprocess.run([cc, "-O2", str(HARNESS), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(out)], check=True,
+                   capture_output=True, timeout=120)
+    raw = subprocess.run([*run, str(out)], check=True, capture_output=True, timeout=120).stdout
+    records, at = [], 0
+    while at < len(raw):
+        name = raw[at:at + 16].rstrip(b"\0").decode()
+        n = int(np.frombuffer(raw, np.int64, 1, at + 16)[0])
+        records.append((name, np.frombuffer(raw, np.float32, n, at + 24)))
+        at += 24 + 4 * n
+    return records
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="compares this x86-64 machine's build with another ISA's")
+@pytest.mark.parametrize("isa", sorted(CROSS))
+def test_the_kernels_compute_the_same_numbers_on_another_isa(isa: str, tmp_path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels cross-compiled for AArch64 (NEON: 4-lane units, "+w" register pins) and run under qemu give this
+    machine's numbers: the dropout kernel's bit for bit, every product, Adam step and trunk gradient to float32
+    rounding (the compilers fuse the scalar tails' multiply-adds differently: up to 6e-8 apart here). Needs the
+    cross compiler and qemu-user (`.ci/run` installs them); the lane count is checked too."""
+    cc, extra, run = CROSS[isa]
+    missing = [tool for tool in (cc, run[0]) if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed")
+    monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
+    ours = _kernel_records(native._compiler(), (), (), tmp_path / "host")
+    theirs = _kernel_records(cc, extra, run, tmp_path / isa)
+    assert [name for name, _ in ours] == [name for name, _ in theirs] and len(ours) == 71
+    for (name, a), (_, b) in zip(ours, theirs):
+        assert a.shape == b.shape and np.isfinite(a).all() and np.isfinite(b).all(), name
+        if name.startswith("dropout"):
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), name
+        else:
+            assert np.allclose(a, b, rtol=1e-5, atol=1e-6), (name, float(np.abs(a - b).max()))
+        assert a.size == 0 or np.abs(a).max() > 0, name     # (no valence in the second trunk)
+
+
+def test_an_installed_package_carries_every_kernel_source() -> None:
+    """pyproject's package data ships every file the kernels compile from (a wheel without the headers would fall
+    back to the PyTorch path on every machine)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(native.__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["trainer"]
+    for f in (*native.SOURCES, *native.HEADERS):
+        rel = f.relative_to(root / "trainer").as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel
+    assert {f.name for f in native.KERNELS.iterdir() if f.suffix in (".c", ".h")} == \
+        {f.name for f in (*native.SOURCES, *native.HEADERS)}

@@ -43,8 +43,9 @@ import torch
 
 KERNELS = Path(__file__).with_name("kernels")
 SOURCES = (KERNELS / "wgrad_adam.c", KERNELS / "data_forward.c", KERNELS / "attention_trunk.c", KERNELS / "dropout.c")
-HEADERS = (KERNELS / "vec.h", KERNELS / "forward_tile.h")
+HEADERS = (KERNELS / "vec.h", KERNELS / "forward_tile.h", KERNELS / "attention_trunk.h")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+LIBS = ("-lm",)       # expf (the trunk's softmax): the library names libm itself, as any program that links it needs
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -68,7 +69,7 @@ def _cache_dir() -> Path:
 
 def _compile(cc: str, extra: Sequence[str] = ()) -> Path:
     flags = (*FLAGS, *extra)
-    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join(flags).encode(), cc.encode(),
+    parts = [*(s.read_bytes() for s in (*SOURCES, *HEADERS)), " ".join((*flags, *LIBS)).encode(), cc.encode(),
              _cpu_signature().encode(), torch.__version__.encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
     out = _cache_dir() / f"kernels-{key}.so"
@@ -78,7 +79,7 @@ def _compile(cc: str, extra: Sequence[str] = ()) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)   # several processes may compile at once
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags, *map(str, SOURCES), *LIBS, "-o", tmp], capture_output=True, text=True,
                               timeout=120)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).strip().splitlines()

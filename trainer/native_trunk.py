@@ -29,7 +29,7 @@ _P = ctypes.c_void_p          # every pointer goes in as an address (an int), no
 
 
 class _Trunk(ctypes.Structure):
-    """The kernel's trunk_t, field for field."""
+    """The kernel's trunk_t (kernels/attention_trunk.h), field for field."""
 
     _fields_ = [(n, ctypes.c_int) for n in ("K", "B", "M", "H", "C", "V", "softmax", "threads")] + [(n, _P) for n in (
         "z", "w2", "b2", "w3", "b3", "keep",

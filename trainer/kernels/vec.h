@@ -4,7 +4,10 @@
    vectors `vn` of VN lanes: one zmm with AVX-512, two ymm with AVX, four q registers elsewhere (NEON). Writing
    a 64-byte vector type where the registers are narrower makes GCC lower every operation through the stack
    (the kernels ran 3x slower than PyTorch on an AVX2 Zen 3). Each lane is summed in the same order whatever VN
-   is, and the horizontal sums take the 16 lanes in order, so the results are the same bits on every ISA. */
+   is, and the horizontal sums take the 16 lanes in order, so for one compiler target the results are the same bits
+   at every VN. Another target (-march level, ISA) may fuse the scalar parts' multiply-adds differently (GCC
+   vectorises some of them, multiplying before adding): the same numbers to float32 rounding, which a test checks
+   on an AArch64 build run under qemu (tests/kernel_bits.c). */
 #ifndef FEATSTORE_VEC_H
 #define FEATSTORE_VEC_H
 
