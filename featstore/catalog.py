@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -294,9 +295,14 @@ def parse_catalog(raw: Any, path: str = "") -> Catalog:
 
 
 def default_catalog_path() -> Path:
-    """$FEATSTORE_CATALOG, else the catalog.yaml at the repository root."""
+    """$FEATSTORE_CATALOG, else the catalog.yaml at the repository root (a checkout, an editable install), else the
+    copy a wheel installs under <prefix>/share/featstore (pyproject's data-files)."""
     env = os.environ.get("FEATSTORE_CATALOG")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "catalog.yaml"
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent / "catalog.yaml"
+    installed = Path(sys.prefix) / "share" / "featstore" / "catalog.yaml"
+    return installed if not repo.is_file() and installed.is_file() else repo
 
 
 # libyaml's safe loader where PyYAML was built with it: ~6x faster than the pure-Python one (0.09 s a command)

@@ -91,6 +91,27 @@ def test_repo_catalog_loads_and_is_the_default(cat, monkeypatch):
     assert "demo" in cat.datasets
 
 
+def test_an_installed_package_finds_the_catalog_under_its_prefix(monkeypatch, tmp_path):
+    """Installed from a wheel, featstore/ sits in site-packages with no catalog.yaml beside it: the copy pyproject
+    installs under <prefix>/share/featstore is the default then, and the error names the repository path when
+    neither exists."""
+    import featstore.catalog as catalog_module
+
+    monkeypatch.delenv("FEATSTORE_CATALOG", raising=False)
+    site = tmp_path / "lib" / "site-packages" / "featstore"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(catalog_module, "__file__", str(site / "catalog.py"))
+    monkeypatch.setattr(catalog_module.sys, "prefix", str(tmp_path))
+    assert default_catalog_path() == site.parent / "catalog.yaml"
+    with pytest.raises(CatalogError, match="no catalog file at .*site-packages/catalog.yaml"):
+        load_catalog()
+    shared = tmp_path / "share" / "featstore" / "catalog.yaml"
+    shared.parent.mkdir(parents=True)
+    shared.write_bytes(REPO_CATALOG.read_bytes())
+    assert default_catalog_path() == shared
+    assert load_catalog().datasets.keys() == load_catalog(REPO_CATALOG).datasets.keys()
+
+
 @pytest.mark.parametrize("modality", sorted(REQUIRED))
 def test_required_encoders_present_with_their_modality(cat, modality):
     missing = [n for n in REQUIRED[modality] if n not in cat.encoders]
