@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from trainer import native  # noqa: E402
 from trainer.data import FeatureSet, load_features  # noqa: E402
-from trainer.fit import run_experiment  # noqa: E402
+from trainer.fit import native_bf16, run_experiment  # noqa: E402
 from trainer.metrics import score  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.models.base import ModelSpec  # noqa: E402
@@ -335,8 +335,10 @@ def main() -> None:
                     "initialisation and shuffles on both sides)")
     ap.add_argument("--grid-configs", type=int, default=50, help="configs of the FLOP-rate grid (0: skip)")
     ap.add_argument("--grid-epochs", type=int, default=2)
-    ap.add_argument("--grid-precision", default="fp32,bf16",
-                    help="compute precisions of the grid figure (bf16: autocast, the trainer's --bf16; fp32 master weights)")
+    ap.add_argument("--grid-precision", default=None,
+                    help="compute precisions of the grid figure (bf16: autocast, the trainer's --bf16; fp32 master "
+                         "weights); default fp32,bf16 where the CPU multiplies bf16 natively, else fp32 (emulated "
+                         "bf16 runs many times slower)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 1 repeat, 1 thread, small grid")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
                     help="before each pass wait until the CPUs are this idle (shared machines)")
@@ -346,6 +348,8 @@ def main() -> None:
     if args.quick:
         args.epochs, args.repeats, args.threads, args.parity_epochs = 2, 1, "1", 3
         args.grid_configs, args.grid_epochs = 6, 1
+    if args.grid_precision is None:
+        args.grid_precision = "fp32,bf16" if native_bf16(torch.device("cpu")) else "fp32"
     threads = [int(t) for t in args.threads.split(",")]
     print(f"machine: {common.machine()}; torch {torch.__version__}; data-layer step: {native.status()}")
     print(f"before: {common.uptime()}", flush=True)

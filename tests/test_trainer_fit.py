@@ -312,6 +312,18 @@ def test_train_bf16_trains_in_bfloat16_evaluates_in_float32_or_says_why_not(feat
     assert any("no native bfloat16 matmuls" in w for w in c.warnings)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_without_native_bf16_runs_and_says_it_is_slow(feats: FeatureSet, native: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.fit as fit
+
+    monkeypatch.setattr(fit, "native_bf16", lambda device: native)
+    r = run_experiment(feats, "attention", FAST.replace(epochs=1, bf16=True))
+    said = [w for w in r.warnings if w.startswith("bf16:")]
+    assert len(said) == (0 if native else 1) and all("emulated" in w for w in said)
+    assert np.isfinite(r.test_outputs[(0, 0, "test1")].emotion).all()
+
+
 def test_bad_configs_are_one_line_errors(feats: FeatureSet) -> None:
     from featstore.errors import FeatstoreError
 

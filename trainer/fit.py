@@ -98,6 +98,9 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     if protocol.train_bf16 and not low_bf16:
         warnings.append(f"train_bf16: this {device.type} has no native bfloat16 matmuls (emulated ones are slower than "
                         f"float32), so training ran in float32")
+    if protocol.bf16 and not native_bf16(device):     # honoured (its numbers are asked for), but said
+        warnings.append(f"bf16: this {device.type} has no native bfloat16 matmuls, so autocast emulated them: a grid "
+                        f"ran 30x slower than in float32 on an AVX2 CPU (benchmarks/RESULTS.md); drop bf16 for speed")
     why = None if device.type != "cpu" or low_bf16 or protocol.bf16 or convex or \
         getattr(model_class(fusion), "level", "utt") == "seq" else native.unavailable()
     if why and "FEATSTORE_NATIVE=0" not in why:      # switched off on purpose: nothing to say
