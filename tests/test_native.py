@@ -381,44 +381,42 @@ def test_prefetch_applies_where_the_draws_allow_it() -> None:
     assert not tfn.prefetch(x, None)                 # its forward draws in another order
 
 
-def _kernel_outputs() -> list[torch.Tensor]:
-    """What the loaded kernels make of fixed inputs with row and column tails: data_forward, two fused Adam steps
-    with their next-step products, and the attention trunk's forward and backward (outputs and gradients)."""
-    from test_native_trunk import train_step
+# the kernels built for another ISA and run under an emulator: (compiler, extra flags, emulator with its sysroot)
+CROSS = {"aarch64": ("aarch64-linux-gnu-gcc", ("-march=armv8-a",), ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"))}
+HARNESS = Path(__file__).with_name("kernel_bits.c")
 
-    gen = torch.Generator().manual_seed(11)
-    outs = []
-    for K, B, D, H in ((3, 37, 131, 80), (2, 32, 300, 128)):
-        x, xn = torch.randn(K, B, D, generator=gen), torch.randn(K, B, D, generator=gen)
-        st = [torch.randn(K, D, H, generator=gen) * 0.05, torch.zeros(K, D, H), torch.zeros(K, D, H)]
-        b, scale = torch.randn(K, 1, H, generator=gen), torch.rand(K, 1, 1, generator=gen) + 1
-        outs.append(native.data_forward(x, st[0], b, scale))
-        for step in range(2):
-            g = torch.randn(K, B, H, generator=gen) * 1e-2
-            outs.append(native.wgrad_adam_(x, g, *st, [1e-3] * K, [1e-5] * K, [step] * K, [True] * K, (0.9, 0.999),
-                                           1e-8, x_next=xn))
-        outs += st
-    with pytest.MonkeyPatch.context() as mp:
-        out, grads, calls = train_step(3, 9, True, mp, hidden=80, softmax=True)
-    assert calls == 1
-    return outs + [out[k] for k in sorted(out)] + [grads[k] for k in sorted(grads)]
+
+def _kernel_records(cc: str, extra: tuple[str, ...], run: tuple[str, ...],
+                    out: Path) -> tuple[int, list[tuple[str, np.ndarray]]]:
+    """tests/kernel_bits.c linked against the kernels as trainer.native builds them with `cc` and `extra` flags,
+    run (under `run`, an emulator, where given): the build's vector lanes and its (name, float32 values) records
+    in order."""
+    lib = native._compile(cc, extra)
+    subprocess.run([cc, "-O2", str(HARNESS), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(out)], check=True,
+                   capture_output=True, timeout=120)
+    proc = subprocess.run([*run, str(out)], check=True, capture_output=True, timeout=120)
+    raw, records, at = proc.stdout, [], 0
+    while at < len(raw):
+        name = raw[at:at + 16].rstrip(b"\0").decode()
+        n = int(np.frombuffer(raw, np.int64, 1, at + 16)[0])
+        records.append((name, np.frombuffer(raw, np.float32, n, at + 24)))
+        at += 24 + 4 * n
+    return int(proc.stderr.split()[0]), records
 
 
 @pytest.mark.parametrize("lanes", [4, 8])
-def test_a_narrower_vector_unit_gives_the_same_bits(lanes: int) -> None:
+def test_a_narrower_vector_unit_gives_the_same_bits(lanes: int, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """vec.h: every lane is summed in one order whatever the width of the native vectors, so a build with narrower
-    ones (-DVN=4: NEON's width; 8: AVX2's) makes this CPU's build's numbers bit for bit."""
+    ones (-DVN=4: NEON's width; 8: AVX2's) makes this CPU's build's numbers bit for bit, on tests/kernel_bits.c's
+    inputs (row and column tails, every kernel)."""
     if lanes >= native.vector_lanes():
         pytest.skip(f"this CPU's kernels use {native.vector_lanes()} lanes")
-    ours = _kernel_outputs()
-    variant = native.build_variant(f"-DVN={lanes}")
-    assert variant.vector_lanes() == lanes
-    try:
-        native._lib, native._tried = variant, True
-        narrow = _kernel_outputs()
-    finally:
-        native.reset()
-    assert len(ours) == len(narrow) and all(torch.equal(a, b) for a, b in zip(ours, narrow))
+    monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
+    _, ours = _kernel_records(native._compiler(), (), (), tmp_path / "cpu")
+    narrow_lanes, narrow = _kernel_records(native._compiler(), (f"-DVN={lanes}",), (), tmp_path / f"vn{lanes}")
+    assert narrow_lanes == lanes
+    assert [name for name, _ in ours] == [name for name, _ in narrow]
+    assert all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for (_, a), (_, b) in zip(ours, narrow))
 
 
 def test_vector_width_follows_the_cpu() -> None:
@@ -437,27 +435,6 @@ def test_the_kernels_build_for_every_x86_level(march: str, tmp_path, monkeypatch
     assert lib.exists() and lib.stat().st_size > 10_000
 
 
-# the kernels built for another ISA and run under an emulator: (compiler, extra flags, emulator with its sysroot)
-CROSS = {"aarch64": ("aarch64-linux-gnu-gcc", ("-march=armv8-a",), ("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"))}
-HARNESS = Path(__file__).with_name("kernel_bits.c")
-
-
-def _kernel_records(cc: str, extra: tuple[str, ...], run: tuple[str, ...], out: Path) -> list[tuple[str, np.ndarray]]:
-    """tests/kernel_bits.c linked against the kernels as trainer.native builds them with `cc` and `extra` flags,
-    run (under `run`, an emulator, where given): its (name, float32 values) records in order."""
-    lib = native._compile(cc, extra)
-    subprocess.run([cc, "-O2", str(HARNESS), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(out)], check=True,
-                   capture_output=True, timeout=120)
-    raw = subprocess.run([*run, str(out)], check=True, capture_output=True, timeout=120).stdout
-    records, at = [], 0
-    while at < len(raw):
-        name = raw[at:at + 16].rstrip(b"\0").decode()
-        n = int(np.frombuffer(raw, np.int64, 1, at + 16)[0])
-        records.append((name, np.frombuffer(raw, np.float32, n, at + 24)))
-        at += 24 + 4 * n
-    return records
-
-
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="compares this x86-64 machine's build with another ISA's")
 @pytest.mark.parametrize("isa", sorted(CROSS))
 def test_the_kernels_compute_the_same_numbers_on_another_isa(isa: str, tmp_path,
@@ -471,8 +448,9 @@ def test_the_kernels_compute_the_same_numbers_on_another_isa(isa: str, tmp_path,
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed")
     monkeypatch.setenv("FEATSTORE_KERNEL_CACHE", str(tmp_path))
-    ours = _kernel_records(native._compiler(), (), (), tmp_path / "host")
-    theirs = _kernel_records(cc, extra, run, tmp_path / isa)
+    _, ours = _kernel_records(native._compiler(), (), (), tmp_path / "host")
+    lanes, theirs = _kernel_records(cc, extra, run, tmp_path / isa)
+    assert lanes == 4
     assert [name for name, _ in ours] == [name for name, _ in theirs] and len(ours) == 71
     for (name, a), (_, b) in zip(ours, theirs):
         assert a.shape == b.shape and np.isfinite(a).all() and np.isfinite(b).all(), name

@@ -94,11 +94,12 @@ def run_experiment(features: FeatureSet, fusion: str = "attention", protocol: Pr
     device = torch.device(protocol.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dims = {k: f.dim for k, f in features.features.items()}
 
-    low_bf16 = bool(protocol.train_bf16) and native_bf16(device)    # decided once per run
+    has_bf16 = bool(protocol.train_bf16 or protocol.bf16) and native_bf16(device)   # read once per run
+    low_bf16 = bool(protocol.train_bf16) and has_bf16
     if protocol.train_bf16 and not low_bf16:
         warnings.append(f"train_bf16: this {device.type} has no native bfloat16 matmuls (emulated ones are slower than "
                         f"float32), so training ran in float32")
-    if protocol.bf16 and not native_bf16(device):     # honoured (its numbers are asked for), but said
+    if protocol.bf16 and not has_bf16:     # honoured (its numbers are asked for), but said
         warnings.append(f"bf16: this {device.type} has no native bfloat16 matmuls, so autocast emulated them: a grid "
                         f"ran 30x slower than in float32 on an AVX2 CPU (benchmarks/RESULTS.md); drop bf16 for speed")
     why = None if device.type != "cpu" or low_bf16 or protocol.bf16 or convex or \

@@ -128,13 +128,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def build_variant(*flags: str) -> ctypes.CDLL:
-    """The kernels compiled with extra compiler flags and loaded beside the main build, for tests that compare
-    builds: `-DVN=4` (a narrower vector unit than the CPU's, as NEON has), `-march=...` (another ISA; load it only
-    where the CPU runs it). RuntimeError naming the compiler's first error when the build fails."""
-    return _declare(ctypes.CDLL(str(_compile(_compiler(), flags))))
-
-
 def _load() -> ctypes.CDLL | None:
     global _lib, _reason, _tried
     with _lock:
